@@ -1,0 +1,1 @@
+"""claas-cli: the `claas` command line over claas.Learner."""

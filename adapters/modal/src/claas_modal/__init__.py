@@ -1,0 +1,1 @@
+"""Modal app for CLaaS (see claas_modal.app)."""

@@ -1,0 +1,1 @@
+"""claas-server: the FastAPI adapter over claas.Learner."""

