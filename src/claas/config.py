@@ -26,6 +26,7 @@ DEFAULT_BASE_MODEL = "bundled:smollm2-135m-instruct"
 INFERENCE_BACKENDS = ("local", "vllm", "tinker", "fake")
 TRAINING_ENGINES = ("local", "tinker", "modal", "fake")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+TINKER_LOSSES = ("sdpo", "cross_entropy")
 
 
 def _default_data_dir() -> Path:
@@ -110,6 +111,11 @@ class Settings:
         vllm_max_loras: Adapter versions kept loaded in vLLM.
         vllm_timeout: Seconds before a vLLM request fails.
         modal_app: Name of the deployed Modal app (``modal`` engine).
+        tinker_loss: How the ``tinker`` engine applies the divergence loss:
+            ``sdpo`` (the exact SDPO objective on the teacher's top-K, computed
+            client-side with ``forward_backward_custom``; two service passes) or
+            ``cross_entropy`` (the built-in loss with top-K soft targets, i.e.
+            forward KL, alpha 0, one pass).
         api_keys: Server API keys, each mapped to the adapter namespaces it
             may use (``"*"`` for all).
         allow_remote_without_keys: Let the server listen beyond loopback with
@@ -139,6 +145,7 @@ class Settings:
     vllm_max_loras: int = attrs.field(default=4, validator=_positive_int)
     vllm_timeout: float = 120.0
     modal_app: str = "claas"
+    tinker_loss: str = attrs.field(default="sdpo", validator=_choice(TINKER_LOSSES))
     api_keys: Mapping[str, tuple[str, ...]] = attrs.field(
         factory=dict, validator=_check_api_keys, repr=False
     )

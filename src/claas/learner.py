@@ -262,10 +262,12 @@ class Learner:
         ticket = turns.ticket()
         try:
             turns.wait(ticket)
+            doomed = self.store.versions(adapter_id)
             self.store.delete(adapter_id)
             self.records.delete_adapter(adapter_id)
         finally:
             turns.done()
+        self._engine_forget(doomed)
         if self._inference is not None:
             self._inference.retire(adapter_id)
 
@@ -523,6 +525,7 @@ class Learner:
                 samples, parent=parent, config=config, out_dir=work, remote_teacher=remote
             )
             trained = time.perf_counter()
+            retained = self.store.versions(adapter_id)
             version = self.store.publish(
                 adapter_id,
                 parent=parent.version,
@@ -537,6 +540,8 @@ class Learner:
         saved = time.perf_counter()
         self.records.add_version(version)
         self.engine.on_published(version)
+        kept = {v.version for v in self.store.versions(adapter_id)}
+        self._engine_forget([v for v in retained if v.version not in kept])
         publish_error = self._publish_quietly(version)
         done = time.perf_counter()
         timings = {
@@ -564,6 +569,14 @@ class Learner:
             metrics=dict(result.metrics),
             timings=timings,
         )
+
+    def _engine_forget(self, versions: list[AdapterVersion]) -> None:
+        """Tell the engine which versions the store deleted (retention or delete_adapter)."""
+        if not versions:
+            return
+        forget = getattr(self.engine, "on_deleted", None)  # engines written before the hook
+        if forget is not None:
+            forget(versions)
 
     def _publish_quietly(self, version: AdapterVersion) -> str | None:
         """Publish to the backend; a down backend gets the version on its next request."""

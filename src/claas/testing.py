@@ -219,6 +219,7 @@ class FakeTrainer:
         self.delay = delay
         self.calls: list[dict[str, Any]] = []
         self.published: list[str] = []
+        self.deleted: list[str] = []
         self._lock = threading.Lock()
 
     def init_adapter(self, lora: LoraSpec, out_dir: Path) -> None:
@@ -261,6 +262,11 @@ class FakeTrainer:
         """Record the published version."""
         with self._lock:
             self.published.append(version.ref)
+
+    def on_deleted(self, versions: Sequence[AdapterVersion]) -> None:
+        """Record the deleted versions (nothing else keeps them)."""
+        with self._lock:
+            self.deleted.extend(v.ref for v in versions)
 
     def close(self) -> None:
         """Nothing to release."""

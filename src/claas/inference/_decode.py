@@ -8,6 +8,7 @@ behaviour policy of the off-policy importance weight.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -48,6 +49,16 @@ def sample_token(
         scaled = scaled.scatter(0, order[drop], float("-inf"))
     probs = torch.softmax(scaled, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _cache_keyword(model: Any) -> str:
+    """Name of the KV-cache argument: ``cache`` in newer transformers, else ``past_key_values``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return (
+        "cache"
+        if "cache" in inspect.signature(type(base).forward).parameters
+        else "past_key_values"
+    )
 
 
 def _autocast(device: str, enabled: bool) -> contextlib.AbstractContextManager[Any]:
@@ -98,11 +109,13 @@ def decode_tokens(
     finish = "length"
     stopped_by_string = False
     inputs = torch.tensor([list(prompt_ids)], device=device)
-    past = None
+    from transformers.cache_utils import DynamicCache
+
+    # The cache object is filled in place, whichever keyword this version expects.
+    cache = {_cache_keyword(model): DynamicCache()}
     with torch.inference_mode(), _autocast(device, autocast):
         for _ in range(sampling.max_tokens):
-            out = model(input_ids=inputs, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=inputs, use_cache=True, **cache)
             logits = out.logits[0, -1].float()
             logp = torch.log_softmax(logits, dim=-1)
             token = sample_token(logits, sampling, generator)

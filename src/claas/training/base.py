@@ -49,6 +49,14 @@ class TrainingEngine(Protocol):
         """Told that the last update was published as ``version`` (lets engines cache state)."""
         ...
 
+    def on_deleted(self, versions: Sequence[AdapterVersion]) -> None:
+        """Told that the store deleted ``versions`` (their directories may be gone).
+
+        Engines that keep copies outside the store (a training service's
+        checkpoints) delete them here; the others do nothing.
+        """
+        ...
+
     def close(self) -> None:
         """Release resources."""
         ...

@@ -185,7 +185,16 @@ class LocalTrainer:
             batch = collate(samples, device=self._device)
             params = [p for _, p in self._trainable(slot)]
             started = time.perf_counter()
-            metrics = self._run_steps(batch, config, params, remote_teacher)
+            try:
+                metrics = self._run_steps(batch, config, params, remote_teacher)
+            except NonFiniteUpdate:
+                self._invalidate()
+                raise
+            except RuntimeError as exc:
+                # Torch reports numeric and device failures as RuntimeError; the
+                # weights in memory may be half-updated either way.
+                self._invalidate()
+                raise TrainingError(f"the update failed: {exc}") from exc
             metrics["step_seconds"] = (time.perf_counter() - started) / config.steps
             names = [n for n, _ in self._trainable(slot)]
             assert self._optimizer is not None
@@ -314,6 +323,9 @@ class LocalTrainer:
             if self._pending is not None and self._pending[0] == version.adapter_id:
                 self._loaded = (version.adapter_id, version.version)
             self._pending = None
+
+    def on_deleted(self, versions: Sequence[AdapterVersion]) -> None:
+        """Nothing to do: a local version lives only in the store."""
 
     def close(self) -> None:
         """Drop the model and optimizer state."""

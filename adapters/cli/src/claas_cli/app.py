@@ -1,97 +1,68 @@
-"""The ``claas`` command line (Typer)."""
+"""The ``claas`` command line: wiring of the commands and the root options."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from claas import ClaasError, Learner, Settings
+from claas_cli import adapters, chat, demo, feedback, tools
+from claas_cli.context import CliState
+from claas_cli.output import ClaasGroup, Output
 
-app = typer.Typer(help="CLaaS: continual learning from text feedback.", no_args_is_help=True)
-console = Console()
+__all__ = ["app", "main"]
 
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory (env CLAAS_DATA_DIR).")
-]
+app = typer.Typer(
+    cls=ClaasGroup,
+    help="CLaaS: continual learning from text feedback.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_show_locals=False,
+)
 
 
 @app.callback()
-def root() -> None:
-    """CLaaS: continual learning from text feedback."""
-
-
-def _learner(data_dir: Path | None, **overrides: Any) -> Learner:
-    return Learner(Settings.load(data_dir=data_dir, **overrides))
-
-
-@app.command()
-def demo(
-    steps: Annotated[int, typer.Option(min=1, max=200, help="Feedback steps.")] = 16,
-    plot: Annotated[Path, typer.Option(help="Where to write the PNG plot.")] = Path(
-        "claas-demo.png"
-    ),
-    data_dir: DataDir = None,
+def root(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Data directory (env CLAAS_DATA_DIR; default ~/.claas)."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML settings file (env CLAAS_CONFIG)."),
+    ] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            "--base-model",
+            help="Base model: bundled:smollm2-135m-instruct, a directory or a hub id "
+            "(env CLAAS_BASE_MODEL).",
+        ),
+    ] = None,
+    json: Annotated[
+        bool, typer.Option("--json", help="Print data as JSON (also accepted per command).")
+    ] = False,
 ) -> None:
-    """Watch the bundled model learn to answer concisely from text feedback."""
-    from claas.demo import FEEDBACK, run_demo
+    """CLaaS: continual learning from text feedback.
 
-    learner = _learner(data_dir)
-    console.print(f"[bold]CLaaS demo[/] on {learner.settings.base_model} (data: {learner.settings.data_dir})")
-    console.print(f"Feedback on every training answer: [italic]{FEEDBACK!r}[/]\n")
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task("loading model, baseline answers", total=steps)
+    Settings come from these options, then CLAAS_* environment variables, then
+    the config file. Exit codes: 0 ok, 1 a CLaaS error, 2 a usage error.
+    """
+    ctx.obj = CliState(data_dir=data_dir, config=config, base_model=base_model, out=Output(json))
 
-        def on_event(event: str, data: dict[str, Any]) -> None:
-            if event == "baseline":
-                progress.update(task, description="feedback steps")
-            elif event == "step":
-                answer, result = data["answer"], data["result"]
-                progress.console.print(
-                    f"step {data['step']:>2}: answer {len(answer.response_ids):>3} tokens -> "
-                    f"v{result.version}, loss {result.metrics['distill_loss']:.4f}, "
-                    f"{result.timings['train_seconds']:.2f}s"
-                )
-                progress.advance(task)
-            elif event == "final":
-                progress.update(task, description="final answers")
 
-        try:
-            report = run_demo(learner, steps=steps, plot_path=plot, progress=on_event)
-        except ClaasError as exc:
-            console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(1) from exc
-    table = Table(title="Held-out questions (greedy)")
-    table.add_column("question")
-    table.add_column("before")
-    table.add_column("after")
-    for question, before, after, nb, na in zip(
-        report.questions,
-        report.before,
-        report.after,
-        report.before_tokens,
-        report.after_tokens,
-        strict=True,
-    ):
-        table.add_row(question, f"[{nb} tok] {before}", f"[{na} tok] {after}")
-    console.print(table)
-    console.print(
-        f"Mean answer length: {report.mean_before:.0f} -> {report.mean_after:.0f} tokens "
-        f"({report.change:+.0%}); capability check "
-        f"{'passed' if report.capability_ok else 'FAILED'}: {report.capability_answer!r}"
-    )
-    console.print(f"Plot: {report.plot}   wall time: {report.wall_seconds:.0f}s")
-    learner.close()
+app.command()(demo.demo)
+app.command()(chat.chat)
+app.command()(feedback.feedback)
+app.add_typer(adapters.app, name="adapters")
+app.command()(tools.models)
+app.command()(tools.serve)
+app.command(
+    "eval",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)(tools.eval_)
 
 
 def main() -> None:

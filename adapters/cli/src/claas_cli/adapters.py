@@ -1,0 +1,167 @@
+"""``claas adapters``: create, list, inspect, roll back, export and delete adapters."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from claas_cli.context import ApiKeyOpt, JsonOpt, UrlOpt, open_client, state_of
+from claas_cli.render import format_time, versions_table
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Create, list, inspect, roll back, export and delete adapters.", no_args_is_help=True
+)
+
+AdapterArg = Annotated[str, typer.Argument(help="Adapter id, namespace/name.", show_default=False)]
+
+
+@app.command("init")
+def init(
+    ctx: typer.Context,
+    adapter_id: AdapterArg,
+    rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 32,
+    alpha: Annotated[float, typer.Option(help="LoRA alpha (scale = alpha / rank).")] = 64.0,
+    dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.0,
+    target_module: Annotated[
+        list[str] | None,
+        typer.Option(help="Module to adapt (repeat); default: all attention and MLP projections."),
+    ] = None,
+    exist_ok: Annotated[bool, typer.Option(help="Succeed if it already exists.")] = False,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Create an adapter whose version 0 equals the base model."""
+    state = state_of(ctx, json=json)
+    with closing(open_client(state, url, api_key)) as client:
+        info = client.init_adapter(
+            adapter_id,
+            rank=rank,
+            alpha=alpha,
+            dropout=dropout,
+            target_modules=target_module,
+            exist_ok=exist_ok,
+        )
+    state.out.data(
+        info,
+        lambda c: c.print(
+            f"{escape(info.adapter_id)} v{info.version} on {escape(info.base_model)}"
+        ),
+    )
+
+
+@app.command("ls")
+def list_adapters(
+    ctx: typer.Context,
+    namespace: Annotated[
+        str | None, typer.Argument(help="Only this namespace.", show_default=False)
+    ] = None,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """List adapters with their live version."""
+    state = state_of(ctx, json=json)
+    with closing(open_client(state, url, api_key)) as client:
+        found = client.adapters(namespace)
+
+    def human(console: Console) -> None:
+        if not found:
+            console.print("no adapters yet; create one with: claas adapters init NAMESPACE/NAME")
+            return
+        table = Table()
+        for column in ("adapter", "live", "versions", "base model", "updated"):
+            table.add_column(column)
+        for item in found:
+            table.add_row(
+                escape(item.adapter_id),
+                f"v{item.live_version}",
+                str(item.versions),
+                escape(item.base_model),
+                format_time(item.updated),
+            )
+        console.print(table)
+
+    state.out.data(found, human)
+
+
+@app.command("versions")
+def versions(
+    ctx: typer.Context,
+    adapter_id: AdapterArg,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """List an adapter's retained versions (* marks the live one)."""
+    state = state_of(ctx, json=json)
+    with closing(open_client(state, url, api_key)) as client:
+        found = client.versions(adapter_id)
+    state.out.data(found, lambda c: c.print(versions_table(adapter_id, found)))
+
+
+@app.command("rollback")
+def rollback(
+    ctx: typer.Context,
+    adapter_id: AdapterArg,
+    version: Annotated[int, typer.Argument(min=0, help="Version to serve again.")],
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Serve an older (or newer) version again; later feedback builds on it."""
+    state = state_of(ctx, json=json)
+    with closing(open_client(state, url, api_key)) as client:
+        info = client.rollback(adapter_id, version)
+    state.out.data(info, lambda c: c.print(f"{escape(info.adapter_id)} now serves v{info.version}"))
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    adapter_id: AdapterArg,
+    version: Annotated[
+        int | None, typer.Option(min=0, help="Version to export; default: the live one.")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="A directory, or the .zip file to write.")
+    ] = Path("."),
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Write one version as a zip of its PEFT directory and manifest."""
+    state = state_of(ctx, json=json)
+    with closing(open_client(state, url, api_key)) as client:
+        path = client.export(adapter_id, version, out)
+    state.out.data({"adapter_id": adapter_id, "path": str(path)}, lambda c: c.print(str(path)))
+
+
+@app.command("rm")
+def remove(
+    ctx: typer.Context,
+    adapter_id: AdapterArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Delete an adapter and all its versions (feedback records are kept)."""
+    state = state_of(ctx, json=json)
+    with closing(open_client(state, url, api_key)) as client:
+        count = len(client.versions(adapter_id))
+        if not yes:
+            typer.confirm(f"Delete {adapter_id} and its {count} version(s)?", abort=True)
+        client.delete_adapter(adapter_id)
+    state.out.data(
+        {"adapter_id": adapter_id, "deleted_versions": count},
+        lambda c: c.print(f"deleted {escape(adapter_id)} ({count} version(s))"),
+    )

@@ -1,0 +1,99 @@
+"""``claas demo``: the main job, with a progress bar and a before/after table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from claas_cli.context import JsonOpt, state_of
+from claas_cli.output import jsonable
+
+if TYPE_CHECKING:
+    from claas.demo import DemoReport
+
+__all__ = ["demo"]
+
+
+def demo(
+    ctx: typer.Context,
+    steps: Annotated[int, typer.Option(min=1, max=200, help="Feedback steps.")] = 16,
+    plot: Annotated[Path, typer.Option(help="Where to write the PNG plot.")] = Path(
+        "claas-demo.png"
+    ),
+    max_tokens: Annotated[int, typer.Option(min=1, hidden=True)] = 120,
+    json: JsonOpt = False,
+) -> None:
+    """Watch the bundled model learn to answer concisely from text feedback."""
+    from claas.demo import FEEDBACK, run_demo
+
+    state = state_of(ctx, json=json)
+    console = state.out.progress_console
+    with state.learner() as learner:
+        settings = learner.settings
+        console.print(
+            f"[bold]CLaaS demo[/] on {escape(settings.base_model)} "
+            f"(data: {escape(str(settings.data_dir))})"
+        )
+        console.print(f"Feedback on every training answer: [italic]{escape(repr(FEEDBACK))}[/]\n")
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("loading model, baseline answers", total=steps)
+
+            def on_event(event: str, data: dict[str, Any]) -> None:
+                if event == "baseline":
+                    progress.update(task, description="feedback steps")
+                elif event == "step":
+                    answer, result = data["answer"], data["result"]
+                    progress.console.print(
+                        f"step {data['step']:>2}: answer {len(answer.response_ids):>3} tokens -> "
+                        f"v{result.version}, loss {result.metrics['distill_loss']:.4f}, "
+                        f"{result.timings['train_seconds']:.2f}s"
+                    )
+                    progress.advance(task)
+                elif event == "final":
+                    progress.update(task, description="final answers")
+
+            report = run_demo(
+                learner, steps=steps, plot_path=plot, max_tokens=max_tokens, progress=on_event
+            )
+    state.out.data(
+        {**jsonable(report), "mean_before": report.mean_before, "mean_after": report.mean_after},
+        lambda c: _print_report(c, report),
+    )
+
+
+def _print_report(console: Console, report: DemoReport) -> None:
+    table = Table(title="Held-out questions (greedy)")
+    table.add_column("question")
+    table.add_column("before")
+    table.add_column("after")
+    for question, before, after, nb, na in zip(
+        report.questions,
+        report.before,
+        report.after,
+        report.before_tokens,
+        report.after_tokens,
+        strict=True,
+    ):
+        table.add_row(
+            escape(question), f"[{nb} tok] {escape(before)}", f"[{na} tok] {escape(after)}"
+        )
+    console.print(table)
+    verdict = "passed" if report.capability_ok else "FAILED"
+    console.print(
+        f"Mean answer length: {report.mean_before:.0f} -> {report.mean_after:.0f} tokens "
+        f"({report.change:+.0%}); capability check "
+        f"{verdict}: {escape(repr(report.capability_answer))}"
+    )
+    console.print(f"Plot: {escape(str(report.plot))}   wall time: {report.wall_seconds:.0f}s")

@@ -1,0 +1,351 @@
+"""The learning routes: feedback, adapter lifecycle, scoring.
+
+Each route checks the caller's namespaces, then makes exactly one ``Learner``
+call, which validates everything before it changes anything. Routes are plain
+``def`` functions, so FastAPI runs the synchronous learner in its threadpool.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+
+from claas import AdapterVersion, Feedback
+from claas.errors import NotFound, TrainingError
+from claas.types import DEFAULT_TARGET_MODULES, messages_from_dicts
+from claas_server.auth import Principal
+from claas_server.deps import Caller, ServerState, State, finite, resolve_model
+from claas_server.errors import ERROR_RESPONSES
+from claas_server.schemas import (
+    AdapterCreate,
+    AdapterInfo,
+    AdapterList,
+    AdapterVersionInfo,
+    DeletedAdapter,
+    FeedbackEventInfo,
+    FeedbackEventList,
+    FeedbackRequest,
+    FeedbackResponse,
+    RollbackRequest,
+    ScoreRequest,
+    ScoreResponse,
+    VersionList,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(responses=ERROR_RESPONSES)
+
+_FEEDBACK_EXAMPLES = {
+    "by_completion": {
+        "summary": "Feedback on a served completion",
+        "value": {"completion_id": "chatcmpl-0123abcd", "feedback": "Too long; one sentence."},
+    },
+    "raw": {
+        "summary": "Feedback on a response CLaaS did not serve",
+        "value": {
+            "adapter_id": "alice/assistant",
+            "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+            "response": "Rayleigh scattering of sunlight by the air's molecules...",
+            "feedback": "Explain it to a child.",
+        },
+    },
+    "batch": {
+        "summary": "Several items in one update, with config overrides",
+        "value": {
+            "adapter_id": "alice/assistant",
+            "items": [
+                {"completion_id": "chatcmpl-0123abcd", "feedback": "Shorter."},
+                {"completion_id": "chatcmpl-4567ef01", "feedback": "No emojis."},
+            ],
+            "config": {"learning_rate": 1e-4, "steps": 2},
+        },
+    },
+}
+
+
+def _adapter_id(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def _version_info(version: AdapterVersion, live: int) -> AdapterVersionInfo:
+    return AdapterVersionInfo(
+        adapter_id=version.adapter_id,
+        version=version.version,
+        parent=version.parent,
+        created=version.created,
+        base_model=version.base_model,
+        lora=dict(version.lora),
+        distill_config=dict(version.distill_config) if version.distill_config else None,
+        feedback_ids=list(version.feedback_ids),
+        metrics=finite(version.metrics),
+        engine=version.engine,
+        live=version.version == live,
+    )
+
+
+# ----------------------------------------------------------------------- feedback
+
+
+def _core_items(request: FeedbackRequest, state: ServerState, caller: Principal) -> list[Feedback]:
+    """Build the core's items, checking the caller may use every adapter involved."""
+    items = []
+    for item in request.all_items():
+        if item.completion_id is not None:
+            served_by = state.learner.get_completion(item.completion_id).adapter_id
+            if served_by is not None:
+                caller.require(served_by)
+        items.append(
+            Feedback(
+                text=item.feedback,
+                completion_id=item.completion_id,
+                messages=(
+                    messages_from_dicts([m.to_core() for m in item.messages])
+                    if item.messages is not None
+                    else None
+                ),
+                response=item.response,
+            )
+        )
+    return items
+
+
+@router.post(
+    "/v1/feedback",
+    response_model=FeedbackResponse,
+    tags=["learning"],
+    summary="Learn from text feedback; returns once the new version serves",
+)
+def feedback(
+    request: Annotated[FeedbackRequest, Body(openapi_examples=_FEEDBACK_EXAMPLES)],
+    state: State,
+    caller: Caller,
+) -> FeedbackResponse:
+    """Turn feedback into one SDPO update of the adapter and publish it as a new version.
+
+    The adapter is ``adapter_id`` or, by default, the one that served the
+    completion. All items of one call must target one adapter. The response
+    arrives once the next chat is served by the new version.
+    """
+    if request.adapter_id is not None:
+        caller.require(request.adapter_id)
+    items = _core_items(request, state, caller)
+    config = request.config.model_dump(exclude_none=True) if request.config else None
+    started = time.perf_counter()
+    try:
+        result = state.learner.feedback_batch(items, adapter_id=request.adapter_id, config=config)
+    except TrainingError:
+        state.metrics.observe_feedback("failed", seconds=time.perf_counter() - started)
+        raise
+    state.metrics.observe_feedback(
+        "applied", items=len(items), seconds=result.timings.get("total_seconds")
+    )
+    return FeedbackResponse(
+        adapter_id=result.adapter_id,
+        version=result.version,
+        parent_version=result.parent_version,
+        feedback_ids=list(result.feedback_ids),
+        metrics=finite(result.metrics),
+        timings=finite(result.timings),
+    )
+
+
+@router.get(
+    "/v1/feedback",
+    response_model=FeedbackEventList,
+    tags=["learning"],
+    summary="Recent feedback events",
+)
+def feedback_events(
+    state: State,
+    caller: Caller,
+    adapter_id: Annotated[str | None, Query(max_length=256)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> FeedbackEventList:
+    """Feedback events, newest first, of one adapter or of every adapter the key may see."""
+    if adapter_id is not None:
+        caller.require(adapter_id)
+        events = state.learner.feedback_events(adapter_id, limit=limit)
+    else:
+        # Over-fetch, then keep the caller's: other tenants' events are never returned.
+        events = state.learner.feedback_events(
+            None, limit=limit if caller.namespaces is None else 500
+        )
+        events = [e for e in events if caller.allows(e.adapter_id)][:limit]
+    return FeedbackEventList(
+        data=[
+            FeedbackEventInfo(
+                **{**e.to_dict(), "metrics": finite(e.metrics), "timings": finite(e.timings)}
+            )
+            for e in events
+        ]
+    )
+
+
+# ----------------------------------------------------------------------- adapters
+
+
+@router.post(
+    "/v1/adapters",
+    response_model=AdapterVersionInfo,
+    status_code=201,
+    tags=["adapters"],
+    summary="Create an adapter (version 0 equals the base model)",
+)
+def create_adapter(body: AdapterCreate, state: State, caller: Caller) -> AdapterVersionInfo:
+    """Create ``adapter_id``; with ``exist_ok`` an existing one is returned as it is."""
+    caller.require(body.adapter_id)
+    version = state.learner.init_adapter(
+        body.adapter_id,
+        rank=body.rank,
+        alpha=body.alpha,
+        dropout=body.dropout,
+        target_modules=tuple(body.target_modules or DEFAULT_TARGET_MODULES),
+        exist_ok=body.exist_ok,
+    )
+    return _version_info(version, version.version)
+
+
+def _adapter_info(state: ServerState, adapter_id: str) -> AdapterInfo:
+    live = state.learner.current_version(adapter_id)
+    return AdapterInfo(
+        id=adapter_id,
+        live_version=live.version,
+        base_model=live.base_model,
+        created=live.created,
+        versions=len(state.learner.versions(adapter_id)),
+    )
+
+
+@router.get("/v1/adapters", response_model=AdapterList, tags=["adapters"], summary="List adapters")
+def list_adapters(
+    state: State,
+    caller: Caller,
+    namespace: Annotated[str | None, Query(max_length=64)] = None,
+) -> AdapterList:
+    """The adapters the key may see (optionally of one namespace)."""
+    ids = state.learner.adapters(namespace) if namespace else state.learner.adapters()
+    data = []
+    for adapter_id in caller.visible(ids):
+        try:
+            data.append(_adapter_info(state, adapter_id))
+        except NotFound:  # deleted since it was listed
+            continue
+    return AdapterList(data=data)
+
+
+@router.get(
+    "/v1/adapters/{namespace}/{name}",
+    response_model=AdapterInfo,
+    tags=["adapters"],
+    summary="One adapter",
+)
+def get_adapter(namespace: str, name: str, state: State, caller: Caller) -> AdapterInfo:
+    """The adapter's live version and how many versions are retained."""
+    return _adapter_info(state, caller.require(_adapter_id(namespace, name)))
+
+
+@router.get(
+    "/v1/adapters/{namespace}/{name}/versions",
+    response_model=VersionList,
+    tags=["adapters"],
+    summary="Versions and lineage of an adapter",
+)
+def list_versions(namespace: str, name: str, state: State, caller: Caller) -> VersionList:
+    """Every retained version (oldest first) with its parent, metrics and feedback ids."""
+    adapter_id = caller.require(_adapter_id(namespace, name))
+    live = state.learner.current_version(adapter_id).version
+    versions = state.learner.versions(adapter_id)
+    return VersionList(
+        adapter_id=adapter_id,
+        live_version=live,
+        data=[_version_info(v, live) for v in versions],
+        events=state.learner.records.events(adapter_id),
+    )
+
+
+@router.post(
+    "/v1/adapters/{namespace}/{name}/rollback",
+    response_model=AdapterVersionInfo,
+    tags=["adapters"],
+    summary="Serve an older version again",
+)
+def rollback(
+    namespace: str, name: str, body: RollbackRequest, state: State, caller: Caller
+) -> AdapterVersionInfo:
+    """Move the live pointer to ``version``; later feedback builds on it."""
+    adapter_id = caller.require(_adapter_id(namespace, name))
+    target = state.learner.rollback(adapter_id, body.version)
+    return _version_info(target, target.version)
+
+
+@router.get(
+    "/v1/adapters/{namespace}/{name}/export",
+    tags=["adapters"],
+    summary="Download one version as a zip",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "The version's files"}},
+)
+def export_adapter(
+    namespace: str,
+    name: str,
+    state: State,
+    caller: Caller,
+    version: Annotated[int | None, Query(ge=0, description="Default: the live version")] = None,
+) -> FileResponse:
+    """A zip of the version's PEFT files and manifest."""
+    adapter_id = caller.require(_adapter_id(namespace, name))
+    scratch = Path(tempfile.mkdtemp(prefix="export-"))
+    try:
+        path = state.learner.export(adapter_id, version, scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return FileResponse(
+        path,
+        media_type="application/zip",
+        filename=path.name,
+        background=BackgroundTask(shutil.rmtree, scratch, ignore_errors=True),
+    )
+
+
+@router.delete(
+    "/v1/adapters/{namespace}/{name}",
+    response_model=DeletedAdapter,
+    tags=["adapters"],
+    summary="Delete an adapter and all its versions",
+)
+def delete_adapter(namespace: str, name: str, state: State, caller: Caller) -> DeletedAdapter:
+    """Delete the adapter; records of its completions and feedback stay for audit."""
+    adapter_id = caller.require(_adapter_id(namespace, name))
+    state.learner.delete_adapter(adapter_id)
+    return DeletedAdapter(id=adapter_id)
+
+
+# -------------------------------------------------------------------------- score
+
+
+@router.post(
+    "/v1/score", response_model=ScoreResponse, tags=["learning"], summary="Score a response"
+)
+def score(body: ScoreRequest, state: State, caller: Caller) -> ScoreResponse:
+    """Per-token logprobs of ``response`` as the answer to ``messages``."""
+    adapter = resolve_model(body.model, caller, state.settings)
+    result = state.learner.score(adapter, [m.to_core() for m in body.messages], body.response)
+    logprobs = list(finite({str(i): lp for i, lp in enumerate(result.logprobs)}).values())
+    total = finite({"t": result.total, "m": result.mean})
+    return ScoreResponse(
+        adapter_id=result.adapter_id,
+        adapter_version=result.adapter_version,
+        token_ids=list(result.token_ids),
+        logprobs=logprobs,
+        total=total["t"],
+        mean=total["m"],
+    )

@@ -1,0 +1,506 @@
+"""Pydantic models of the HTTP API: the only place the server uses pydantic.
+
+Requests in OpenAI's shape (chat and text completions) ignore fields they do not
+know, as OpenAI-compatible servers do, so any client works unchanged; CLaaS's own
+requests (feedback, adapters, score) forbid unknown fields, so a typo is an error
+rather than a silently ignored option. Value rules the core already enforces
+(non-empty feedback, LoRA and DistillConfig ranges, adapter id syntax) are left
+to the core, so there is one rule and one message for each.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "AdapterCreate",
+    "AdapterInfo",
+    "AdapterList",
+    "AdapterVersionInfo",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatMessageIn",
+    "CompletionRequest",
+    "DeletedAdapter",
+    "DistillOverrides",
+    "ErrorResponse",
+    "FeedbackEventInfo",
+    "FeedbackEventList",
+    "FeedbackItem",
+    "FeedbackRequest",
+    "FeedbackResponse",
+    "Health",
+    "ModelInfo",
+    "ModelList",
+    "RollbackRequest",
+    "ScoreRequest",
+    "ScoreResponse",
+    "TextCompletion",
+    "VersionList",
+]
+
+SEED_MAX = 2**63 - 1
+
+
+class _OpenAIRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------- errors
+
+
+class ErrorDetail(_Response):
+    type: str = Field(description="OpenAI-style category, e.g. invalid_request_error")
+    message: str
+    param: str | None = None
+    code: str | None = Field(
+        default=None, description="Snake-case error class, e.g. adapter_not_found"
+    )
+
+
+class ErrorResponse(_Response):
+    """Every error the API returns."""
+
+    error: ErrorDetail
+
+
+# ------------------------------------------------------------------------- chat
+
+
+class TextPart(_OpenAIRequest):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(_OpenAIRequest):
+    """An OpenAI chat message; ``developer`` is read as ``system``. Only text content."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def to_core(self) -> dict[str, str]:
+        """The ``{"role", "content"}`` dict the core takes."""
+        if isinstance(self.content, list):
+            text = "".join(part.text for part in self.content)
+        else:
+            text = self.content or ""
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class StreamOptions(_OpenAIRequest):
+    include_usage: bool = False
+
+
+class _Sampling(_OpenAIRequest):
+    model: str = Field(
+        min_length=1,
+        max_length=256,
+        description="An adapter id `namespace/name`, or the base model's name (or `base`).",
+    )
+    temperature: float | None = Field(default=None, ge=0, le=2, description="0 means greedy.")
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0, le=1_000_000, description="Extension; 0 = off.")
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    stop: str | list[str] | None = Field(default=None, description="Up to 4 stop strings.")
+    n: int | None = Field(default=None, ge=1, le=1, description="Only 1 is supported.")
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+
+    @model_validator(mode="after")
+    def _check_stop(self) -> _Sampling:
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise ValueError("stop takes at most 4 strings")
+        return self
+
+    def sampling(self) -> dict[str, Any]:
+        """Sampling keyword arguments for the core (only the ones given)."""
+        options = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "stop": self.stop,
+        }
+        return {k: v for k, v in options.items() if v is not None}
+
+
+class ChatCompletionRequest(_Sampling):
+    """``POST /v1/chat/completions``: OpenAI's request; unknown fields are ignored."""
+
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Any] | None = Field(default=None, description="Not supported; must be empty.")
+    response_format: dict[str, Any] | None = Field(default=None, description="Only type `text`.")
+
+    @model_validator(mode="after")
+    def _check_unsupported(self) -> ChatCompletionRequest:
+        if self.tools:
+            raise ValueError("tools are not supported by this server")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise ValueError("only response_format type 'text' is supported")
+        return self
+
+    def sampling(self) -> dict[str, Any]:
+        options = super().sampling()
+        limit = self.max_completion_tokens or self.max_tokens
+        if limit is not None:
+            options["max_tokens"] = limit
+        if self.logprobs and self.top_logprobs:
+            options["top_logprobs"] = self.top_logprobs
+        return options
+
+
+class CompletionRequest(_Sampling):
+    """``POST /v1/completions``: a raw prompt continued without the chat template."""
+
+    prompt: str | list[str] = Field(description="One prompt (a list must hold exactly one).")
+    max_tokens: int | None = Field(default=16, ge=1)
+    logprobs: int | None = Field(
+        default=None, ge=0, le=5, description="Top alternatives per token."
+    )
+    echo: bool | None = Field(default=False, description="Not supported; must be false.")
+
+    @model_validator(mode="after")
+    def _check_prompt(self) -> CompletionRequest:
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise ValueError("prompt must be one string (or a list of exactly one)")
+        if self.echo:
+            raise ValueError("echo is not supported")
+        return self
+
+    @property
+    def prompt_text(self) -> str:
+        """The single prompt."""
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def sampling(self) -> dict[str, Any]:
+        options = super().sampling()
+        if self.max_tokens is not None:
+            options["max_tokens"] = self.max_tokens
+        if self.logprobs:
+            options["top_logprobs"] = self.logprobs
+        return options
+
+
+class TopLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(_Response):
+    content: list[TokenLogprob] | None = None
+
+
+class AssistantMessage(_Response):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(_Response):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str
+
+
+class Usage(_Response):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(_Response):
+    """OpenAI's chat completion; ``id`` is what feedback refers to."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str = Field(description="`claas-<adapter>@<version>`")
+    adapter_version: int | None = Field(
+        description="The adapter version that answered (null for the base model)."
+    )
+
+
+class ChunkDelta(_Response):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(_Response):
+    index: int = 0
+    delta: ChunkDelta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(_Response):
+    """One server-sent event of a streamed chat (``data: {...}``; ends with ``[DONE]``)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    system_fingerprint: str
+    adapter_version: int | None
+
+
+class TextLogprobs(_Response):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None = None
+    text_offset: list[int]
+
+
+class TextChoice(_Response):
+    index: int = 0
+    text: str
+    logprobs: TextLogprobs | None = None
+    finish_reason: str
+
+
+class TextCompletion(_Response):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
+    system_fingerprint: str
+    adapter_version: int | None
+
+
+class ModelInfo(_Response):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    root: str | None = None
+    parent: str | None = None
+    version: int | None = Field(default=None, description="Live version (adapters only).")
+
+
+class ModelList(_Response):
+    object: Literal["list"] = "list"
+    data: list[ModelInfo]
+
+
+# --------------------------------------------------------------------- learning
+
+
+class DistillOverrides(_Request):
+    """Fields of ``claas.DistillConfig`` to change for this update (ranges checked by the core)."""
+
+    learning_rate: float | None = None
+    alpha: float | None = None
+    top_k: int | None = None
+    add_tail: bool | None = None
+    loss: Literal["divergence", "token"] | None = None
+    teacher: Literal["base", "current", "remote"] | None = None
+    is_clip: float | None = None
+    kl_beta: float | None = None
+    max_grad_norm: float | None = None
+    weight_decay: float | None = None
+    adam_betas: tuple[float, float] | None = None
+    steps: int | None = None
+    chunk_size: int | None = None
+
+
+class FeedbackItem(_Request):
+    """One piece of feedback: on a served completion, or on a given conversation."""
+
+    completion_id: str | None = Field(default=None, max_length=256, description="A chat `id`.")
+    messages: list[ChatMessageIn] | None = Field(
+        default=None,
+        description="The conversation answered (with `response`, when no completion_id).",
+    )
+    response: str | None = Field(default=None, description="The answer the feedback is about.")
+    feedback: str = Field(description="What the user said about the answer.")
+
+
+class FeedbackRequest(_Request):
+    """``POST /v1/feedback``, in one of three forms.
+
+    * by completion id: ``{"completion_id": "chatcmpl-...", "feedback": "..."}``
+    * raw: ``{"adapter_id": "ns/name", "messages": [...], "response": "...",
+      "feedback": "..."}``
+    * batch: ``{"items": [item, ...], "adapter_id"?: "ns/name"}``, all on one adapter,
+      applied as a single update.
+
+    Any form may add ``config``: DistillConfig fields to override for this update.
+    """
+
+    completion_id: str | None = Field(default=None, max_length=256)
+    messages: list[ChatMessageIn] | None = None
+    response: str | None = None
+    feedback: str | None = None
+    items: list[FeedbackItem] | None = Field(default=None, min_length=1)
+    adapter_id: str | None = Field(
+        default=None,
+        max_length=256,
+        description="The adapter to update; defaults to the one that served the completion.",
+    )
+    config: DistillOverrides | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> FeedbackRequest:
+        single = (self.completion_id, self.messages, self.response, self.feedback)
+        if self.items is not None:
+            if any(value is not None for value in single):
+                raise ValueError("give either items or one item's fields at the top level")
+        elif self.feedback is None:
+            raise ValueError("feedback is required (or a list of items)")
+        return self
+
+    def all_items(self) -> list[FeedbackItem]:
+        """The items, whichever form was used."""
+        if self.items is not None:
+            return list(self.items)
+        assert self.feedback is not None
+        return [
+            FeedbackItem(
+                completion_id=self.completion_id,
+                messages=self.messages,
+                response=self.response,
+                feedback=self.feedback,
+            )
+        ]
+
+
+class FeedbackResponse(_Response):
+    """The update is published and the next chat uses ``version``."""
+
+    object: Literal["feedback.result"] = "feedback.result"
+    adapter_id: str
+    version: int
+    parent_version: int
+    feedback_ids: list[str]
+    metrics: dict[str, float | None]
+    timings: dict[str, float | None] = Field(description="Seconds per phase.")
+
+
+class FeedbackEventInfo(_Response):
+    id: str
+    adapter_id: str
+    completion_id: str | None
+    text: str
+    status: str
+    parent_version: int | None
+    version: int | None
+    error: str | None
+    metrics: dict[str, float | None]
+    timings: dict[str, float | None]
+    created: float
+    finished: float | None
+
+
+class FeedbackEventList(_Response):
+    object: Literal["list"] = "list"
+    data: list[FeedbackEventInfo]
+
+
+class AdapterCreate(_Request):
+    """``POST /v1/adapters``: a new adapter whose version 0 equals the base model."""
+
+    adapter_id: str = Field(max_length=256, description="`namespace/name`")
+    rank: int = 32
+    alpha: float = 64.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+    exist_ok: bool = False
+
+
+class AdapterVersionInfo(_Response):
+    adapter_id: str
+    version: int
+    parent: int | None
+    created: float
+    base_model: str
+    lora: dict[str, Any]
+    distill_config: dict[str, Any] | None
+    feedback_ids: list[str]
+    metrics: dict[str, float | None]
+    engine: str
+    live: bool = Field(description="Whether chats are served by this version.")
+
+
+class AdapterInfo(_Response):
+    id: str
+    object: Literal["adapter"] = "adapter"
+    live_version: int
+    base_model: str
+    created: float = Field(description="When the live version was published.")
+    versions: int = Field(description="Versions retained.")
+
+
+class AdapterList(_Response):
+    object: Literal["list"] = "list"
+    data: list[AdapterInfo]
+
+
+class VersionList(_Response):
+    object: Literal["list"] = "list"
+    adapter_id: str
+    live_version: int
+    data: list[AdapterVersionInfo]
+    events: list[dict[str, Any]] = Field(description="Rollbacks, newest first.")
+
+
+class RollbackRequest(_Request):
+    version: int = Field(ge=0)
+
+
+class DeletedAdapter(_Response):
+    id: str
+    object: Literal["adapter"] = "adapter"
+    deleted: bool = True
+
+
+class ScoreRequest(_Request):
+    """``POST /v1/score``: logprobs of a fixed response under the live version."""
+
+    model: str = Field(min_length=1, max_length=256, description="Adapter id or base model.")
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    response: str
+
+
+class ScoreResponse(_Response):
+    object: Literal["score"] = "score"
+    adapter_id: str | None
+    adapter_version: int | None
+    token_ids: list[int]
+    logprobs: list[float | None]
+    total: float | None
+    mean: float | None
+
+
+class Health(_Response):
+    status: Literal["ok"] = "ok"
+    version: str

@@ -1,0 +1,1 @@
+"""The eval's Hydra configs, shipped in the package (``pkg://claas.eval.conf``)."""

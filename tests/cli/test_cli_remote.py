@@ -1,0 +1,217 @@
+"""`--url`: the CLI against the real server app on loopback (uvicorn, fake learner)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from claas_server.app import create_app
+
+from claas import AdapterNotFound, InvalidConfig, InvalidRequest, Learner, PermissionDenied, Settings
+from claas_cli.remote import RemoteClient, error_from_body
+
+Run = Callable[..., Any]
+KEY = "team-key-0123"
+
+
+def _serve(settings: Settings) -> Iterator[str]:
+    """Run the server app for ``settings`` on a free loopback port; yield its URL."""
+    learner = Learner(settings)
+    server = uvicorn.Server(uvicorn.Config(create_app(learner=learner), log_level="warning"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        learner.close()
+
+
+@pytest.fixture
+def url(data_dir: Path) -> Iterator[str]:
+    """An open server (no keys) on the fakes, sharing the test's data dir."""
+    yield from _serve(Settings(data_dir=data_dir, inference_backend="fake", training_engine="fake"))
+
+
+@pytest.fixture
+def keyed_url(data_dir: Path) -> Iterator[str]:
+    """A server whose one key may use the namespace ``team`` only."""
+    settings = Settings(
+        data_dir=data_dir,
+        inference_backend="fake",
+        training_engine="fake",
+        api_keys={KEY: ("team",)},
+    )
+    yield from _serve(settings)
+
+
+@pytest.fixture
+def remote(cli: Run, url: str) -> Run:
+    """Run ``claas --json ARGS --url URL``; it must succeed; return parsed stdout."""
+
+    def invoke(*args: str) -> Any:
+        result = cli("--json", *args, "--url", url)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    return invoke
+
+
+def test_full_loop_through_the_server(remote: Run, observer: Learner, tmp_path: Path) -> None:
+    created = remote("adapters", "init", "team/bot", "--rank", "4")
+    assert (created["adapter_id"], created["version"], created["live"]) == ("team/bot", 0, True)
+    assert observer.current_version("team/bot").lora["rank"] == 4
+
+    answer = remote("chat", "team/bot", "-m", "hello", "--max-tokens", "64")
+    assert answer["text"] == "[team/bot v0] You said: hello"
+    assert (answer["adapter_version"], answer["finish_reason"]) == (0, "stop")
+    assert observer.get_completion(answer["id"]).text == answer["text"]
+
+    update = remote("feedback", answer["id"], "shorter", "--set", "steps=2")
+    assert (update["version"], update["parent_version"]) == (1, 0)
+    assert update["metrics"]["distill_loss"] == pytest.approx(0.1)
+    assert observer.current_version("team/bot").distill_config["steps"] == 2  # type: ignore[index]
+
+    raw = remote("feedback", "--adapter", "team/bot", "--prompt", "p", "--response", "r", "no")
+    assert raw["version"] == 2
+
+    versions = remote("adapters", "versions", "team/bot")
+    assert [(v["version"], v["parent"], v["live"]) for v in versions] == [
+        (0, None, False),
+        (1, 0, False),
+        (2, 1, True),
+    ]
+    assert remote("adapters", "ls") == [
+        {
+            "adapter_id": "team/bot",
+            "live_version": 2,
+            "versions": 3,
+            "base_model": observer.settings.base_model,
+            "updated": versions[-1]["created"],
+        }
+    ]
+
+    assert remote("adapters", "rollback", "team/bot", "1")["version"] == 1
+    assert observer.current_version("team/bot").version == 1
+
+    exported = remote("adapters", "export", "team/bot", "--version", "2", "-o", str(tmp_path))
+    assert Path(exported["path"]) == tmp_path / "team__bot__v2.zip"
+    with zipfile.ZipFile(exported["path"]) as archive:
+        assert json.loads(archive.read("fake_weights.json"))["updates"] == 3
+
+    assert remote("adapters", "rm", "team/bot", "-y")["deleted_versions"] == 3
+    assert observer.adapters() == []
+
+
+def test_local_and_remote_print_the_same_shapes(cli_json: Run, remote: Run) -> None:
+    local = cli_json("adapters", "init", "l/bot")
+    served = remote("adapters", "init", "r/bot")
+    assert local.keys() == served.keys()
+    local_answer = cli_json("chat", "l/bot", "-m", "hi")
+    served_answer = remote("chat", "r/bot", "-m", "hi")
+    assert local_answer.keys() == served_answer.keys()
+    local_update = cli_json("feedback", local_answer["id"], "more")
+    served_update = remote("feedback", served_answer["id"], "more")
+    assert local_update.keys() == served_update.keys()
+    assert local_update["metrics"] == served_update["metrics"]
+    assert cli_json("adapters", "versions", "l/bot")[1].keys() == (
+        remote("adapters", "versions", "r/bot")[1].keys()
+    )
+
+
+def test_repl_streams_from_the_server_and_learns(cli: Run, url: str, observer: Learner) -> None:
+    observer.init_adapter("team/bot")
+    session = "Why is the sky blue?\n/feedback Way too long.\nAnd the sea?\n/versions\n/quit\n"
+    result = cli("chat", "team/bot", "--url", url, input=session)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "[team/bot v0] You said: Why is the sky blue?" in out
+    assert "updated team/bot: v0 -> v1" in out
+    assert "[team/bot v1] You said: And the sea?" in out
+    assert "team/bot@v1> " in out
+    assert observer.current_version("team/bot").version == 1
+
+
+def test_server_errors_map_to_core_errors_and_exit_1(cli: Run, url: str) -> None:
+    missing = cli("chat", "team/none", "-m", "hi", "--url", url)
+    assert missing.exit_code == 1
+    assert missing.stderr.startswith("error: AdapterNotFound:")
+
+    cli("adapters", "init", "team/bot", "--url", url)
+    again = cli("adapters", "init", "team/bot", "--url", url)
+    assert again.exit_code == 1
+    assert again.stderr.strip() == "error: AdapterExists: adapter 'team/bot' already exists"
+
+    answer = json.loads(cli("--json", "chat", "team/bot", "-m", "hi", "--url", url).stdout)
+    bad = cli("feedback", answer["id"], "x", "--set", "alpha=2", "--url", url)
+    assert bad.exit_code == 1
+    assert bad.stderr.startswith("error: InvalidConfig: DistillConfig.alpha=2")
+    unknown = cli("feedback", answer["id"], "x", "--set", "lr=1", "--url", url)
+    assert unknown.exit_code == 1
+    assert unknown.stderr.startswith("error: InvalidRequest:") and "lr" in unknown.stderr
+    assert "VersionNotFound" in cli("adapters", "rollback", "team/bot", "5", "--url", url).stderr
+
+
+def test_api_keys(cli: Run, keyed_url: str, observer: Learner) -> None:
+    anonymous = cli("adapters", "ls", "--url", keyed_url)
+    assert anonymous.exit_code == 1
+    assert anonymous.stderr.startswith("error: PermissionDenied: authentication failed")
+    assert "--api-key" in anonymous.stderr
+
+    with_flag = cli("adapters", "init", "team/bot", "--url", keyed_url, "--api-key", KEY)
+    assert with_flag.exit_code == 0, with_flag.output
+    from_env = cli("adapters", "ls", "--url", keyed_url, env={"CLAAS_API_KEY": KEY})
+    assert "team/bot" in from_env.stdout
+
+    other = cli("adapters", "init", "other/bot", "--url", keyed_url, "--api-key", KEY)
+    assert other.exit_code == 1
+    assert "PermissionDenied" in other.stderr and "'other'" in other.stderr
+    assert observer.adapters() == ["team/bot"]
+
+
+def test_url_from_the_environment(cli: Run, url: str, observer: Learner) -> None:
+    result = cli("adapters", "init", "team/bot", env={"CLAAS_URL": url})
+    assert result.exit_code == 0, result.output
+    assert observer.adapters() == ["team/bot"]
+
+
+def test_unreachable_or_malformed_urls(cli: Run) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    down = cli("adapters", "ls", "--url", closed)
+    assert down.exit_code == 1
+    assert down.stderr.startswith("error: BackendUnavailable: cannot reach the CLaaS server")
+    malformed = cli("adapters", "ls", "--url", "ftp://127.0.0.1")
+    assert malformed.exit_code == 1
+    assert "InvalidRequest" in malformed.stderr
+
+
+def test_remote_client_rejects_ids_before_sending(url: str) -> None:
+    with RemoteClient(url) as client, pytest.raises(InvalidRequest):
+        client.versions("../../v1/feedback")
+
+
+def test_error_bodies_pick_the_named_class_then_the_status() -> None:
+    named = error_from_body(404, {"error": {"message": "gone", "code": "adapter_not_found"}})
+    assert type(named) is AdapterNotFound and str(named) == "gone"
+    assert type(error_from_body(400, {"error": {"code": "invalid_config"}})) is InvalidConfig
+    by_status = error_from_body(403, {"error": {"message": "no", "code": "something_new"}})
+    assert type(by_status) is PermissionDenied
+    assert "HTTP 502" in str(error_from_body(502, "<html>bad gateway</html>"))
