@@ -59,6 +59,13 @@ def demo(session: nox.Session) -> None:
     session.run("claas", "demo", *session.posargs)
 
 
+@nox.session(python=PYTHON, name="eval")
+def eval_harness(session: nox.Session) -> None:
+    """Measure learning and forgetting: ``nox -s eval -- preference=concise steps=16``."""
+    install_runtime(session)
+    session.run("python", "-m", "claas.eval", *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def examples(session: nox.Session) -> None:
     """Run every script in examples/ on the bundled model, so none rots."""

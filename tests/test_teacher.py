@@ -27,7 +27,7 @@ def tokenizer(models_dir: Path) -> Any:
 
 def _completion(tokenizer: Any, messages: tuple[ChatMessage, ...], answer: str) -> Completion:
     prompt = encode_chat(tokenizer, messages)
-    response = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
+    response = [*tokenizer.encode(answer, add_special_tokens=False), tokenizer.eos_token_id]
     return Completion(
         id="chatcmpl-test",
         adapter_id="a/b",

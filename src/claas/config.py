@@ -110,6 +110,10 @@ class Settings:
         vllm_api_key: Bearer key for that server, if it needs one.
         vllm_max_loras: Adapter versions kept loaded in vLLM.
         vllm_timeout: Seconds before a vLLM request fails.
+        vllm_sleep_during_training: Put vLLM to sleep (level 1) during local
+            training steps when the server reports sleep mode enabled (GPU
+            servers started with ``--enable-sleep-mode``); frees its GPU memory
+            for training at the cost of a wake-up per update.
         modal_app: Name of the deployed Modal app (``modal`` engine).
         tinker_loss: How the ``tinker`` engine applies the divergence loss:
             ``sdpo`` (the exact SDPO objective on the teacher's top-K, computed
@@ -144,6 +148,7 @@ class Settings:
     vllm_api_key: str | None = attrs.field(default=None, repr=False)
     vllm_max_loras: int = attrs.field(default=4, validator=_positive_int)
     vllm_timeout: float = 120.0
+    vllm_sleep_during_training: bool = False
     modal_app: str = "claas"
     tinker_loss: str = attrs.field(default="sdpo", validator=_choice(TINKER_LOSSES))
     api_keys: Mapping[str, tuple[str, ...]] = attrs.field(

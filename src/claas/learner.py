@@ -9,6 +9,7 @@ at a time in the order they were accepted; other adapters are not held up.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -521,9 +522,10 @@ class Learner:
         scratch.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="update-", dir=scratch))
         try:
-            result = self.engine.distill(
-                samples, parent=parent, config=config, out_dir=work, remote_teacher=remote
-            )
+            with self._training_window():
+                result = self.engine.distill(
+                    samples, parent=parent, config=config, out_dir=work, remote_teacher=remote
+                )
             trained = time.perf_counter()
             retained = self.store.versions(adapter_id)
             version = self.store.publish(
@@ -577,6 +579,13 @@ class Learner:
         forget = getattr(self.engine, "on_deleted", None)  # engines written before the hook
         if forget is not None:
             forget(versions)
+
+    def _training_window(self) -> contextlib.AbstractContextManager[Any]:
+        """The serving backend's window around a training step (vLLM may sleep in it)."""
+        if not self.settings.vllm_sleep_during_training:
+            return contextlib.nullcontext()
+        window = getattr(self.inference, "training_window", None)
+        return window() if window is not None else contextlib.nullcontext()
 
     def _publish_quietly(self, version: AdapterVersion) -> str | None:
         """Publish to the backend; a down backend gets the version on its next request."""

@@ -25,7 +25,9 @@ def test_one_shot_answer_names_version_and_id(cli: Run, cli_json: Run) -> None:
 
 def test_one_shot_respects_max_tokens_and_system(cli_json: Run) -> None:
     cli_json("adapters", "init", "team/bot")
-    answer = cli_json("chat", "team/bot", "-m", "hello", "--max-tokens", "5", "--system", "Be brief")
+    answer = cli_json(
+        "chat", "team/bot", "-m", "hello", "--max-tokens", "5", "--system", "Be brief"
+    )
     assert answer["text"] == "[team"
     assert answer["finish_reason"] == "length"
 

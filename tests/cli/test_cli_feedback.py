@@ -30,7 +30,11 @@ def test_feedback_by_completion_id(cli: Run, answer_id: str, observer: Learner) 
     live = observer.current_version("team/bot")
     assert live.version == 1
     event = observer.feedback_events("team/bot")[0]
-    assert (event.completion_id, event.text, event.status) == (answer_id, "Way too long.", "applied")
+    assert (event.completion_id, event.text, event.status) == (
+        answer_id,
+        "Way too long.",
+        "applied",
+    )
 
 
 def test_overrides_reach_the_update(cli_json: Run, answer_id: str, observer: Learner) -> None:
@@ -114,6 +118,12 @@ def test_parse_overrides_reads_json_values_and_plain_strings() -> None:
     assert parse_overrides(
         '{"alpha": 0.2, "top_k": 50}',
         ["top_k=20", "add_tail=false", "adam_betas=[0.9, 0.99]", "teacher=base"],
-    ) == {"alpha": 0.2, "top_k": 20, "add_tail": False, "adam_betas": [0.9, 0.99], "teacher": "base"}
+    ) == {
+        "alpha": 0.2,
+        "top_k": 20,
+        "add_tail": False,
+        "adam_betas": [0.9, 0.99],
+        "teacher": "base",
+    }
     with pytest.raises(typer.BadParameter):
         parse_overrides(None, ["=3"])

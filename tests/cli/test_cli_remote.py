@@ -13,10 +13,17 @@ from typing import Any
 
 import pytest
 import uvicorn
-from claas_server.app import create_app
 
-from claas import AdapterNotFound, InvalidConfig, InvalidRequest, Learner, PermissionDenied, Settings
+from claas import (
+    AdapterNotFound,
+    InvalidConfig,
+    InvalidRequest,
+    Learner,
+    PermissionDenied,
+    Settings,
+)
 from claas_cli.remote import RemoteClient, error_from_body
+from claas_server.app import create_app
 
 Run = Callable[..., Any]
 KEY = "team-key-0123"

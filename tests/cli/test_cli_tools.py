@@ -118,3 +118,39 @@ def test_eval_says_what_to_install(cli: Run, monkeypatch: pytest.MonkeyPatch) ->
     assert result.exit_code == 1
     assert result.stderr.startswith("error: MissingDependency:")
     assert "claas[eval]" in result.stderr
+
+
+FAKE_EVAL = [
+    "steps=1",
+    "settings.inference_backend=fake",
+    "settings.training_engine=fake",
+    "capability.every=0",
+    "plots=false",
+]
+
+
+def test_eval_runs_the_harness_with_overrides(cli: Run, tmp_path: Path) -> None:
+    data = tmp_path / "it's data"
+    result = cli("--data-dir", str(data), "eval", *FAKE_EVAL, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert Path(report["output_dir"]).parent == data / "eval"
+    concise = report["summary"]["preferences"]["concise"]
+    assert concise["final_version"] == 1
+    assert (data / "adapters" / "eval").is_dir()
+    assert "concise step   1 v1" in result.stderr
+
+
+def test_eval_prints_the_composed_config(cli: Run) -> None:
+    result = cli("--base-model", "some/model", "eval", "--cfg", "steps=3", "seed=7")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert {"steps: 3", "seed: 7", "base_model: some/model"} <= set(lines)
+
+
+def test_eval_rejects_bad_overrides_and_the_config_flag(cli: Run, tmp_path: Path) -> None:
+    unknown = cli("eval", "no_such_key=1")
+    assert unknown.exit_code == 1
+    assert unknown.stderr.startswith("error: InvalidConfig:")
+    flagged = cli("--config", str(tmp_path / "claas.toml"), "eval", "steps=1")
+    assert flagged.exit_code == 2

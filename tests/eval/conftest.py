@@ -72,7 +72,18 @@ def make_config(data_dir: Path) -> Callable[..., EvalConfig]:
     """Compose the packaged config for ``concise`` with overrides, on ``data_dir``."""
 
     def make(*overrides: str) -> EvalConfig:
-        base = ["preference=concise", "steps=3", f"data_dir={data_dir}", "capability.every=2"]
+        base = [
+            "preference=concise",
+            "steps=3",
+            f"data_dir={data_dir}",
+            "capability.every=0",
+            # Capability probes and plots cost most of a fake run: tests opt in.
+            "metrics=[margin,collapse]",
+            "plots=false",
+            # The fake tokenizer is byte-level: leave room for whole answers.
+            "measure.max_tokens=1000",
+            "sampling.max_tokens=1000",
+        ]
         return EvalConfig.from_mapping(compose([*base, *overrides]))
 
     return make

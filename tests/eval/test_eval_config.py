@@ -130,8 +130,11 @@ def test_invalid_values_are_rejected(overrides: list[str], match: str) -> None:
 
 def test_adapter_ids_must_be_valid() -> None:
     with pytest.raises(InvalidAdapterId):
-        build("run_name=" + "r" * 40, "+preference.x" + "y" * 30 + "={feedback: f,"
-              " verifier: {_target_: claas.eval.verifiers.NoEmoji}, prompts: [a], probes: [b]}")
+        build(
+            "run_name=" + "r" * 40,
+            "+preference.x" + "y" * 30 + "={feedback: f,"
+            " verifier: {_target_: claas.eval.verifiers.NoEmoji}, prompts: [a], probes: [b]}",
+        )
 
 
 def test_output_dir_defaults_under_the_data_dir(tmp_path: Path) -> None:

@@ -318,7 +318,7 @@ class LockingInference(FakeInference):
 
 
 def test_streams_run_each_on_one_thread(fake: Learner) -> None:
-    """A lock taken by a stream is released by the thread that took it; no two generations overlap."""
+    """A stream's lock is released by the thread that took it; generations never overlap."""
     backend = LockingInference()
     learner = Learner(
         fake.settings, inference=backend, engine=fake.engine, tokenizer=fake.tokenizer
@@ -447,11 +447,22 @@ def test_feedback_batch_with_config(bot: TestClient, fake: Learner) -> None:
         ({"items": []}, 422),
         ({"items": [{"feedback": "x"}], "feedback": "y"}, 422),
         ({"completion_id": "c", "feedback": "x", "config": {"learning_rte": 1}}, 422),
-        ({"adapter_id": "alpha/bot", "messages": USER, "response": "r", "feedback": "x",
-          "config": {"learning_rate": -1}}, 400),
-        ({"adapter_id": "alpha/bot", "messages": USER, "response": "r", "feedback": "x" * 9000}, 413),
+        (
+            {
+                "adapter_id": "alpha/bot",
+                "messages": USER,
+                "response": "r",
+                "feedback": "x",
+                "config": {"learning_rate": -1},
+            },
+            400,
+        ),
+        (
+            {"adapter_id": "alpha/bot", "messages": USER, "response": "r", "feedback": "x" * 9000},
+            413,
+        ),
     ],
-)  # fmt: skip
+)
 def test_feedback_rejects_without_changing_anything(
     bot: TestClient, fake: Learner, body: dict[str, Any], status: int
 ) -> None:

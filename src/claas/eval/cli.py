@@ -35,12 +35,13 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_progress(stream: TextIO = sys.stdout) -> Progress:
-    """A progress callback printing one line per measured step."""
+def print_progress(stream: TextIO | None = None) -> Progress:
+    """A progress callback printing one line per measured step (to stdout by default)."""
 
     def show(event: str, data: dict[str, Any]) -> None:
         if event not in ("baseline", "step"):
             return
+        out = stream or sys.stdout
         m = data["metrics"]
         line = (
             f"{data['preference']:>10} step {data['step']:>3} v{data['version']:<3} "
@@ -50,9 +51,9 @@ def print_progress(stream: TextIO = sys.stdout) -> Progress:
             f"margin {_fmt(m.get('margin'), '+.2f')}  "
             f"{data.get('seconds', 0.0):5.1f}s"
         )
-        print(line, file=stream, flush=True)
+        print(line, file=out, flush=True)
         for alert in data.get("alerts", []):
-            print(f"{'':>10} ALERT {alert}", file=stream, flush=True)
+            print(f"{'':>10} ALERT {alert}", file=out, flush=True)
 
     return show
 
@@ -91,7 +92,9 @@ def console_main(argv: Sequence[str] | None = None) -> int:
     """``python -m claas.eval``: parse arguments, run, print; return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     # Alerts are printed with each step; keep the library's log warnings off the terminal.
-    logging.getLogger("claas.eval").addHandler(logging.NullHandler())
+    logger = logging.getLogger("claas.eval")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0

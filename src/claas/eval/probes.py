@@ -106,6 +106,7 @@ CAPABILITY_PROBES: tuple[Probe, ...] = (
     Probe(prompt="What is the opposite of hot?", check=contains("cold")),
     Probe(prompt="What is the boiling point of water in Celsius?", check=contains("100", "100.0")),
     Probe(prompt="How do you say hello in French?", check=contains("bonjour")),
+    Probe(prompt="Name the first month of the year.", check=contains("January")),
     Probe(
         prompt="Write a sentence that contains the word apple.",
         check=contains("apple"),

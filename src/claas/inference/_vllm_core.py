@@ -111,6 +111,12 @@ class VLLMCore:
         self._sleep_support: bool | None = None
         self._wake_pending = False
 
+    def server_lost(self) -> None:
+        """Forget what was learned about the server; it may come back restarted or different."""
+        with self._lock:
+            self._base = None
+            self._sleep_support = None
+
     @property
     def loaded(self) -> list[str]:
         """Names of the versions believed loaded, least recently used first."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import subprocess
 import sys
 from typing import Annotated, Any, Literal
 
@@ -13,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from claas import MissingDependency
-from claas_cli.context import JsonOpt, state_of
+from claas_cli.context import CliState, JsonOpt, state_of
 
 __all__ = ["eval_", "models", "serve"]
 
@@ -55,26 +54,68 @@ def serve(
     )
 
 
+def _hydra_string(value: str) -> str:
+    """A Hydra override value quoted so that any path or name survives the grammar."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _root_overrides(state: CliState, given: list[str]) -> list[str]:
+    """The root options as eval overrides, unless the command line sets the same key."""
+    if state.config is not None:
+        raise typer.BadParameter(
+            "the eval harness has its own config; give Hydra overrides such as "
+            "settings.device=cpu instead",
+            param_hint="--config",
+        )
+    keys = {arg.split("=", 1)[0].lstrip("+~") for arg in given}
+    pairs = (("data_dir", state.data_dir), ("base_model", state.base_model))
+    return [
+        f"{key}={_hydra_string(str(value))}"
+        for key, value in pairs
+        if value is not None and key not in keys
+    ]
+
+
 def eval_(
     ctx: typer.Context,
     overrides: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Hydra overrides for the eval harness, e.g. preference=concise steps=8.",
+            help="Hydra overrides, e.g. preference=concise steps=8 distill.learning_rate=1e-4.",
             show_default=False,
         ),
     ] = None,
+    cfg: Annotated[bool, typer.Option("--cfg", help="Print the composed config and exit.")] = False,
+    json: JsonOpt = False,
 ) -> None:
-    """Run the eval harness (claas.eval) with Hydra overrides."""
-    args = [*(overrides or []), *ctx.args]
+    """Teach preferences by feedback and measure the effect (the claas.eval harness).
+
+    --data-dir and --base-model become the overrides data_dir= and base_model=.
+    """
+    state = state_of(ctx, json=json)
+    given = [*(overrides or []), *ctx.args]
+    args = [*_root_overrides(state, given), *given]
     harness = _import_optional("claas.eval", "install the eval extra: pip install 'claas[eval]'")
-    entry = getattr(harness, "main", None)
-    if callable(entry):
-        entry(args)
+    if cfg:
+        from omegaconf import OmegaConf
+
+        typer.echo(OmegaConf.to_yaml(harness.compose(args)), nl=False)
         return
-    completed = subprocess.run([sys.executable, "-m", "claas.eval", *args], check=False)
-    if completed.returncode:
-        raise typer.Exit(completed.returncode)
+    from claas.eval.cli import format_table, print_progress
+
+    stream = sys.stderr if state.out.json else sys.stdout
+    result = harness.main(args, progress=print_progress(stream))
+    data = {
+        "output_dir": str(result.output_dir),
+        "plots": [str(p) for p in result.plots],
+        "summary": result.summary,
+    }
+
+    def human(console: Console) -> None:
+        console.print(format_table(result.summary), markup=False, highlight=False, soft_wrap=True)
+        console.print(f"records, summary and plots: {result.output_dir}", markup=False)
+
+    state.out.data(data, human)
 
 
 def models(ctx: typer.Context, json: JsonOpt = False) -> None:

@@ -3,7 +3,9 @@
 With ``Settings.api_keys`` empty the server is open (and ``serve`` keeps it on
 loopback). With keys configured, every route but ``/health`` needs
 ``Authorization: Bearer <key>``; a key may only see or change adapters whose
-namespace it is bound to (``"*"`` binds all). The dashboard also takes the key
+namespace it is bound to (``"*"`` binds all). The API's description
+(``/openapi.json``, ``/docs``) stays public: it holds no data, and Swagger UI
+could not fetch it otherwise. The dashboard also takes the key
 from its login cookie or a ``?key=`` query parameter, for browsers.
 
 Keys are compared as SHA-256 digests with :func:`hmac.compare_digest`, against

@@ -128,7 +128,7 @@ def _adapter_rows(state: ServerState, caller: Principal) -> list[list[str]]:
                 td(f"v{live.version}", cls="live"),
                 td(len(versions), numeric=True),
                 td(live.base_model),
-                td(when(live.created)),
+                td(when(live.created), cls="time"),
                 td(number(_loss(live.metrics)), numeric=True),
                 td(sparkline(losses), raw=True),
             ]
@@ -141,7 +141,7 @@ def _feedback_rows(events: Sequence[FeedbackEvent], *, with_adapter: bool) -> li
     for e in events:
         text = e.text if len(e.text) <= 140 else e.text[:137] + "..."
         step = f"v{e.parent_version} → v{e.version}" if e.version is not None else ""
-        cells = [td(when(e.created))]
+        cells = [td(when(e.created), cls="time")]
         if with_adapter:
             cells.append(
                 td(f'<a href="{esc(adapter_href(e.adapter_id))}">{esc(e.adapter_id)}</a>', raw=True)
@@ -240,7 +240,7 @@ def _adapter_page(state: ServerState, caller: Principal, adapter_id: str) -> str
         [
             td(f"v{v.version}", cls="live" if v.version == live.version else ""),
             td("" if v.parent is None else f"v{v.parent}"),
-            td(when(v.created)),
+            td(when(v.created), cls="time"),
             td(len(v.feedback_ids), numeric=True),
             td(number(_loss(v.metrics)), numeric=True),
             td(number(v.metrics.get("grad_norm")), numeric=True),

@@ -33,7 +33,7 @@ h2{font-size:15px;margin:0 0 8px;color:#334e68}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #e4e7eb;vertical-align:top}
 th{font-size:12px;text-transform:uppercase;color:#627d98;letter-spacing:.03em}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums}td.time{white-space:nowrap}
 a{color:#2680c2}.muted{color:#829ab1}.live{color:#0c6b58;font-weight:600}
 .status-applied{color:#0c6b58}.status-failed{color:#ab091e}.status-running{color:#b44d12}
 .stats{display:flex;gap:24px;flex-wrap:wrap}.stats div{min-width:110px}
@@ -177,12 +177,14 @@ def sparkline(values: Sequence[float], *, width: int = 120, height: int = 28) ->
     if len(data) < 2:
         return "<span class=muted>&mdash;</span>"
     lo, hi = min(data), max(data)
-    span = (hi - lo) or 1.0
     step = (width - 4) / (len(data) - 1)
-    line = " ".join(
-        f"{2 + i * step:.1f},{height - 3 - (v - lo) / span * (height - 6):.1f}"
-        for i, v in enumerate(data)
-    )
+
+    def y(value: float) -> float:
+        if hi == lo:
+            return height / 2
+        return height - 3 - (value - lo) / (hi - lo) * (height - 6)
+
+    line = " ".join(f"{2 + i * step:.1f},{y(v):.1f}" for i, v in enumerate(data))
     return (
         f'<svg class=spark width={width} height={height} role=img aria-label="trend">'
         f'<polyline fill=none stroke="#2680c2" stroke-width=1.5 points="{line}"/></svg>'

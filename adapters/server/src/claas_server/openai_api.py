@@ -49,7 +49,19 @@ router = APIRouter(tags=["openai"], responses=ERROR_RESPONSES)
 _SSE = {
     "description": "With `stream: true`: server-sent `chat.completion.chunk` events, "
     "then `data: [DONE]`.",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "content": {
+        "text/event-stream": {
+            "schema": {
+                "type": "object",
+                "description": "One server-sent event",
+                "required": ["data"],
+                "properties": {
+                    "data": {"type": "string", "description": "A JSON chunk, or [DONE]"},
+                    "event": {"type": "string"},
+                },
+            }
+        }
+    },
 }
 
 

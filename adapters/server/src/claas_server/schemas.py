@@ -2,10 +2,10 @@
 
 Requests in OpenAI's shape (chat and text completions) ignore fields they do not
 know, as OpenAI-compatible servers do, so any client works unchanged; CLaaS's own
-requests (feedback, adapters, score) forbid unknown fields, so a typo is an error
-rather than a silently ignored option. Value rules the core already enforces
-(non-empty feedback, LoRA and DistillConfig ranges, adapter id syntax) are left
-to the core, so there is one rule and one message for each.
+requests (feedback, adapters, score) forbid unknown fields and are strictly typed,
+so a typo or a string for a number is an error rather than a silent guess. Value
+rules the core already enforces (non-empty feedback, LoRA and DistillConfig
+ranges, adapter id syntax) are left to the core: one rule, one message.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class _OpenAIRequest(BaseModel):
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # Strict: "1" is not a version number, and a typo is not a default.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class _Response(BaseModel):
@@ -328,7 +329,7 @@ class DistillOverrides(_Request):
     kl_beta: float | None = None
     max_grad_norm: float | None = None
     weight_decay: float | None = None
-    adam_betas: tuple[float, float] | None = None
+    adam_betas: list[float] | None = Field(default=None, min_length=2, max_length=2)
     steps: int | None = None
     chunk_size: int | None = None
 

@@ -1,0 +1,1 @@
+"""In-process fakes of hosted services, built from their real SDK types."""

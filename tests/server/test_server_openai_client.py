@@ -1,0 +1,177 @@
+"""The official ``openai`` client, unchanged, against a running uvicorn server.
+
+``test_learning_loop_with_the_bundled_model`` is the issue's end-to-end check: chat,
+streaming and logprobs from the embedded model, feedback on the returned id, and
+a chat that reports the new version. The other tests use the fakes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from server_support import KEY_ALPHA, KEY_BETA, fake_learner, serving
+
+from claas import Learner, Settings
+from claas_server import create_app
+
+USER = [{"role": "user", "content": "What is the capital of France?"}]
+MODELS_DIR = Path(
+    os.environ.get("CLAAS_TEST_MODELS_DIR", Path.home() / ".cache" / "claas-test-models")
+)
+
+
+def _client(base_url: str, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0, timeout=300)
+
+
+def _extra(response: Any, name: str) -> Any:
+    """A field OpenAI's types do not declare (the client keeps unknown fields)."""
+    return (response.model_extra or {}).get(name)
+
+
+def _feedback(client: openai.OpenAI, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /v1/feedback through the same client (same base URL and key)."""
+    response = client.post("/feedback", body=body, cast_to=httpx.Response)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+@pytest.fixture(scope="module")
+def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("fake-openai")
+    learner = fake_learner(data, api_keys={KEY_ALPHA: ("alpha",), KEY_BETA: ("beta",)})
+    learner.init_adapter("alpha/bot")
+    with serving(create_app(learner=learner)) as base_url:
+        yield base_url
+    learner.close()
+
+
+def test_client_parses_every_openai_route(fake_server: str) -> None:
+    client = _client(fake_server, KEY_ALPHA)
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["bundled:smollm2-135m-instruct", "alpha/bot"]
+    assert client.models.retrieve("alpha/bot").id == "alpha/bot"
+
+    answer = client.chat.completions.create(model="alpha/bot", messages=USER, logprobs=True)
+    assert answer.choices[0].message.content == f"[alpha/bot v0] You said: {USER[0]['content']}"
+    assert answer.choices[0].logprobs is not None
+    assert _extra(answer, "adapter_version") == 0
+
+    chunks = list(
+        client.chat.completions.create(
+            model="alpha/bot",
+            messages=USER,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() == answer.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+    text_completion = client.completions.create(model="base", prompt="Hi", max_tokens=64)
+    assert text_completion.choices[0].text == "[base] You said: Hi"
+
+    result = _feedback(client, {"completion_id": answer.id, "feedback": "Be brief."})
+    assert result["version"] == 1
+    again = client.chat.completions.create(model="alpha/bot", messages=USER)
+    assert _extra(again, "adapter_version") == 1
+    assert again.system_fingerprint == "claas-alpha/bot@1"
+
+
+def test_client_raises_the_right_errors(fake_server: str) -> None:
+    alpha = _client(fake_server, KEY_ALPHA)
+    with pytest.raises(openai.NotFoundError, match="alpha/nope"):
+        alpha.chat.completions.create(model="alpha/nope", messages=USER)
+    with pytest.raises(openai.PermissionDeniedError):
+        alpha.chat.completions.create(model="beta/bot", messages=USER)
+    with pytest.raises(openai.PermissionDeniedError):
+        alpha.chat.completions.create(model="beta/bot", messages=USER, stream=True)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        alpha.chat.completions.create(model="alpha/bot", messages=USER, max_tokens=10**9)
+    with pytest.raises(openai.UnprocessableEntityError):
+        alpha.chat.completions.create(model="alpha/bot", messages=[], n=1)
+    with pytest.raises(openai.AuthenticationError):
+        _client(fake_server, "wrong-key-0123456").models.list()
+
+
+@pytest.mark.slow
+def test_learning_loop_with_the_bundled_model(tmp_path: Path) -> None:
+    MODELS_DIR.mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        data_dir=tmp_path / "data", model_cache_dir=MODELS_DIR, api_keys={KEY_ALPHA: ("alpha",)}
+    )
+    learner = Learner(settings)
+    learner.init_adapter("alpha/bot")
+    try:
+        with serving(create_app(learner=learner)) as base_url:
+            _loop(_client(base_url, KEY_ALPHA))
+    finally:
+        learner.close()
+
+
+def _loop(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model="alpha/bot",
+        messages=USER,
+        max_tokens=24,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    choice = answer.choices[0]
+    assert answer.id.startswith("chatcmpl-")
+    assert choice.message.content and choice.message.content.strip()
+    assert _extra(answer, "adapter_version") == 0
+    assert answer.system_fingerprint == "claas-alpha/bot@0"
+    assert answer.usage is not None and 0 < answer.usage.completion_tokens <= 24
+    tokens = choice.logprobs.content if choice.logprobs else None
+    assert tokens, "logprobs were asked for"
+    assert "".join(t.token for t in tokens).strip() == choice.message.content.strip()
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 3 for t in tokens)
+    assert all(t.top_logprobs[0].logprob >= t.logprob - 1e-4 for t in tokens)
+
+    stream = client.chat.completions.create(
+        model="alpha/bot",
+        messages=USER,
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    deltas = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert len(deltas) > 1, "tokens arrive one by one"
+    assert "".join(deltas) == choice.message.content  # greedy: the same answer
+    assert {c.id for c in chunks} == {chunks[0].id}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
+
+    result = _feedback(
+        client, {"completion_id": answer.id, "feedback": "Answer with just the city name."}
+    )
+    assert (result["adapter_id"], result["version"], result["parent_version"]) == (
+        "alpha/bot",
+        1,
+        0,
+    )
+    assert result["metrics"]["distill_loss"] is not None
+    assert result["timings"]["total_seconds"] > 0
+
+    after = client.chat.completions.create(
+        model="alpha/bot", messages=USER, max_tokens=16, temperature=0
+    )
+    assert _extra(after, "adapter_version") == 1
+    assert after.system_fingerprint == "claas-alpha/bot@1"
+    listed = {m.id: m for m in client.models.list()}
+    assert (listed["alpha/bot"].model_extra or {}).get("version") == 1
