@@ -22,7 +22,7 @@ with Learner() as learner:  # settings from CLAAS_* variables; bundled SmolLM2 b
     result = learner.feedback(
         before.id,
         "Way too long. Answer in one short sentence.",
-        config={"learning_rate": 1e-3},  # DistillConfig fields; a big step for the demo
+        config={"learning_rate": 5e-4},  # DistillConfig fields; a big step for the demo
     )
     print(
         f"feedback -> version {result.version} (parent {result.parent_version}), "

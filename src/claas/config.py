@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import string
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -78,6 +79,21 @@ def _check_api_keys(_: object, attribute: attrs.Attribute[Any], value: Any) -> N
             raise _error("api_keys", "<hidden>", "namespaces must be a list of names or '*'")
 
 
+def _check_template(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    rule = "must be a format string using exactly the fields {content} and {feedback}"
+    if not isinstance(value, str):
+        raise _error(attribute.name, value, rule)
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        value.format(content="", feedback="")
+    except (ValueError, KeyError, IndexError) as exc:
+        raise _error(attribute.name, value, f"{rule} ({exc})") from exc
+    if fields != {"content", "feedback"}:
+        raise _error(attribute.name, value, rule)
+
+
 def _to_path(value: str | os.PathLike[str]) -> Path:
     return Path(value).expanduser()
 
@@ -100,6 +116,10 @@ class Settings:
             with AVX-512 BF16 and on GPUs).
         thinking: Enable the thinking mode of reasoning models (Qwen3) for
             student and teacher alike.
+        teacher_template: How the feedback is shown to the teacher: a format
+            string that replaces the last user turn, with the fields
+            ``{content}`` (that turn's text) and ``{feedback}``; ``None`` uses
+            :data:`claas.teacher.HINDSIGHT_TEMPLATE`.
         keep_versions: Versions retained per adapter (the live one always is).
         adapter_cache_size: Adapter versions kept loaded for inference.
         max_prompt_tokens: Longest accepted prompt.
@@ -138,6 +158,7 @@ class Settings:
     dtype: str = attrs.field(default="auto", validator=_choice(DTYPES))
     autocast: bool = False
     thinking: bool = False
+    teacher_template: str | None = attrs.field(default=None, validator=_check_template)
     keep_versions: int = attrs.field(default=20, validator=_positive_int)
     adapter_cache_size: int = attrs.field(default=4, validator=_positive_int)
     max_prompt_tokens: int = attrs.field(default=4096, validator=_positive_int)

@@ -16,9 +16,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -27,7 +27,13 @@ from claas.errors import AdapterNotFound, BackendUnavailable, InvalidRequest, Pa
 from claas.records import FeedbackEvent, Records
 from claas.registry import create_backend, create_engine
 from claas.storage import LocalAdapterStore, validate_adapter_id
-from claas.teacher import DistillSample, build_sample, build_sample_from_text, encode_chat
+from claas.teacher import (
+    HINDSIGHT_TEMPLATE,
+    DistillSample,
+    build_sample,
+    build_sample_from_text,
+    encode_chat,
+)
 from claas.thinking import visible_text
 from claas.types import (
     DEFAULT_TARGET_MODULES,
@@ -45,6 +51,7 @@ from claas.types import (
 __all__ = ["ChatStream", "Learner", "Score"]
 
 MessagesLike = Sequence[ChatMessage | Mapping[str, Any]]
+_T = TypeVar("_T")
 
 
 @attrs.frozen(kw_only=True)
@@ -75,10 +82,13 @@ class _Turns:
         self._issued = 0
         self._serving = 0
 
-    def ticket(self) -> int:
+    def ticket(self, accept: Callable[[], _T] | None = None) -> tuple[int, _T | None]:
+        """Take the next turn; ``accept`` runs atomically with it, so its effects
+        (e.g. recorded timestamps) are ordered exactly like the turns."""
         with self._cond:
+            accepted = accept() if accept is not None else None
             self._issued += 1
-            return self._issued - 1
+            return self._issued - 1, accepted
 
     def wait(self, ticket: int) -> None:
         with self._cond:
@@ -142,6 +152,8 @@ class Learner:
         self._tokenizer = tokenizer
         self._lock = threading.Lock()
         self._turns: dict[str, _Turns] = {}
+        self._started = time.time()
+        _sweep_scratch(self.settings.data_dir / "tmp")
 
     # -- components, built on first use -------------------------------------------------
 
@@ -239,7 +251,7 @@ class Learner:
         """
         validate_adapter_id(adapter_id)
         turns = self._turns_for(adapter_id)
-        ticket = turns.ticket()
+        ticket, _ = turns.ticket()
         try:
             turns.wait(ticket)
             previous = self.store.latest_version(adapter_id)
@@ -260,7 +272,7 @@ class Learner:
         """Delete an adapter and all its versions (records of feedback stay)."""
         validate_adapter_id(adapter_id)
         turns = self._turns_for(adapter_id)
-        ticket = turns.ticket()
+        ticket, _ = turns.ticket()
         try:
             turns.wait(ticket)
             doomed = self.store.versions(adapter_id)
@@ -428,9 +440,11 @@ class Learner:
         distill = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
         target, samples = self._prepare(items, adapter_id)
         turns = self._turns_for(target)
-        ticket = turns.ticket()
+        ticket, recorded = turns.ticket(
+            lambda: [self._record_feedback(target, item) for item in items]
+        )
+        ids = recorded or []
         accepted = time.perf_counter()
-        ids = [self._record_feedback(target, item) for item in items]
         try:
             turns.wait(ticket)
             return self._apply(target, ids, samples, distill, accepted)
@@ -470,6 +484,7 @@ class Learner:
 
     def _sample(self, item: Feedback, adapter_id: str | None) -> tuple[str, DistillSample]:
         limit = self.settings.max_prompt_tokens + self.settings.max_new_tokens
+        template = self.settings.teacher_template or HINDSIGHT_TEMPLATE
         if item.completion_id is not None:
             completion = self.records.get_completion(item.completion_id)
             target = adapter_id or completion.adapter_id
@@ -478,7 +493,9 @@ class Learner:
                     f"completion {completion.id} was served by the base model; "
                     "name the adapter to train with adapter_id"
                 )
-            sample = build_sample(self.tokenizer, completion, item.text, max_tokens=limit)
+            sample = build_sample(
+                self.tokenizer, completion, item.text, template=template, max_tokens=limit
+            )
             return validate_adapter_id(target), sample
         if adapter_id is None:
             raise InvalidRequest("feedback without a completion_id needs an adapter_id")
@@ -489,6 +506,7 @@ class Learner:
             item.response,
             item.text,
             thinking=self.settings.thinking,
+            template=template,
             max_tokens=limit,
         )
         return validate_adapter_id(adapter_id), sample
@@ -597,6 +615,44 @@ class Learner:
             return f"published to the store; serving backend unavailable: {exc}"
         return None
 
+    def interrupted_feedback(self, adapter_id: str | None = None) -> list[FeedbackEvent]:
+        """Feedback accepted before this learner started that never finished (a crash)."""
+        return [
+            event
+            for event in self.records.pending_feedback(adapter_id)
+            if event.created < self._started
+        ]
+
+    def resume_interrupted(
+        self,
+        adapter_id: str | None = None,
+        *,
+        config: DistillConfig | Mapping[str, Any] | None = None,
+    ) -> list[FeedbackResult]:
+        """Apply interrupted feedback again, oldest first.
+
+        Each interrupted event is closed as failed with a pointer to its replay.
+        Events without a completion id (raw prompt/response feedback) cannot be
+        replayed, since only their text was recorded; they are closed as failed.
+        """
+        results = []
+        for event in self.interrupted_feedback(adapter_id):
+            if event.completion_id is None:
+                self.records.update_feedback(
+                    event.id, status="failed", error="interrupted; raw feedback cannot be replayed"
+                )
+                continue
+            result = self.feedback(
+                event.completion_id, event.text, config=config, adapter_id=event.adapter_id
+            )
+            self.records.update_feedback(
+                event.id,
+                status="failed",
+                error=f"interrupted; replayed as {result.feedback_ids[0]}",
+            )
+            results.append(result)
+        return results
+
     def feedback_events(
         self, adapter_id: str | None = None, *, limit: int = 50
     ) -> list[FeedbackEvent]:
@@ -624,6 +680,16 @@ def _new_id() -> str:
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield first
     yield from rest
+
+
+def _sweep_scratch(scratch: Path, max_age: float = 6 * 3600) -> None:
+    """Remove update work dirs left by crashed processes (old enough to be nobody's)."""
+    if not scratch.is_dir():
+        return
+    cutoff = time.time() - max_age
+    for child in scratch.glob("update-*"):
+        if child.stat().st_mtime < cutoff:
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def _move_contents(source: Path, dest: Path) -> None:

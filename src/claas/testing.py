@@ -241,7 +241,14 @@ class FakeTrainer:
         import time
 
         with self._lock:
-            self.calls.append({"parent": parent.ref, "samples": len(samples), "config": config})
+            self.calls.append(
+                {
+                    "parent": parent.ref,
+                    "samples": len(samples),
+                    "batch": list(samples),
+                    "config": config,
+                }
+            )
         if self.delay:
             time.sleep(self.delay)
         if self.fail_with is not None:

@@ -1,4 +1,4 @@
-"""`claas demo` on the real bundled model, cut down to one feedback step."""
+"""`claas demo`: its JSON report on the fakes, its human output on the real model."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from claas.demo import FEEDBACK, HELD_OUT
 
 Run = Callable[..., Any]
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def real_env(data_dir: Path, models_dir: Path) -> dict[str, str | None]:
@@ -27,17 +25,19 @@ def real_env(data_dir: Path, models_dir: Path) -> dict[str, str | None]:
     }
 
 
-def test_demo_json_report(cli: Run, real_env: dict[str, str | None], tmp_path: Path) -> None:
+def test_demo_json_report(cli: Run, tmp_path: Path) -> None:
     plot = tmp_path / "plot.png"
-    args = ["--json", "demo", "--steps", "1", "--max-tokens", "8", "--plot", str(plot)]
-    result = cli(*args, env=real_env)
+    args = ["--json", "demo", "--steps", "2", "--max-tokens", "64", "--plot", str(plot)]
+    result = cli(*args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["adapter_id"] == "demo/concise"
     assert report["questions"] == list(HELD_OUT)
-    assert len(report["before"]) == len(report["after"]) == len(HELD_OUT)
-    assert all(0 < n <= 8 for n in report["before_tokens"] + report["after_tokens"])
-    assert len(report["step_tokens"]) == len(report["step_seconds"]) == 1
+    # The fake backend names the serving version: v0 before, v2 after two steps.
+    assert report["before"] == [f"[demo/concise v0] You said: {q}" for q in HELD_OUT]
+    assert report["after"] == [f"[demo/concise v2] You said: {q}" for q in HELD_OUT]
+    assert all(0 < n <= 64 for n in report["before_tokens"] + report["after_tokens"])
+    assert len(report["step_tokens"]) == len(report["step_seconds"]) == 2
     assert report["mean_before"] == pytest.approx(sum(report["before_tokens"]) / len(HELD_OUT))
     assert report["plot"] == str(plot)
     assert plot.read_bytes().startswith(b"\x89PNG")
@@ -45,7 +45,10 @@ def test_demo_json_report(cli: Run, real_env: dict[str, str | None], tmp_path: P
     assert "step  1: answer" in result.stderr
 
 
-def test_demo_human_output(cli: Run, real_env: dict[str, str | None], tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_demo_on_the_bundled_model(
+    cli: Run, real_env: dict[str, str | None], tmp_path: Path
+) -> None:
     plot = tmp_path / "plot.png"
     result = cli("demo", "--steps", "1", "--max-tokens", "4", "--plot", str(plot), env=real_env)
     assert result.exit_code == 0, result.output
@@ -54,3 +57,5 @@ def test_demo_human_output(cli: Run, real_env: dict[str, str | None], tmp_path: 
     assert "step  1: answer" in out and "-> v1" in out
     assert "Held-out questions (greedy)" in out
     assert "Mean answer length:" in out and f"Plot: {plot}" in out
+    assert "bundled:smollm2-135m-instruct" in out
+    assert plot.read_bytes().startswith(b"\x89PNG")

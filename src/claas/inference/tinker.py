@@ -130,7 +130,9 @@ class TinkerInference:
                 logprobs = self._score_with(sampler, prompt_ids, ids)
         tops = ()
         if sampling.top_logprobs and sequence.topk_logprobs is not None:
-            tops = tuple(tuple((int(i), float(lp)) for i, lp in row or ()) for row in sequence.topk_logprobs)
+            tops = tuple(
+                tuple((int(i), float(lp)) for i, lp in row or ()) for row in sequence.topk_logprobs
+            )
         return Generation(
             prompt_ids=tuple(prompt_ids),
             response_ids=tuple(ids),
@@ -149,7 +151,9 @@ class TinkerInference:
         thinking: bool = False,
     ) -> Generation:
         """Generate one response with the version's sampler (see ``InferenceBackend``)."""
-        return self._generate(encode_chat(self.tokenizer, messages, thinking=thinking), adapter, sampling)
+        return self._generate(
+            encode_chat(self.tokenizer, messages, thinking=thinking), adapter, sampling
+        )
 
     def stream(
         self,

@@ -319,14 +319,15 @@ def advantages(
         ``([B, T] advantages, metrics)``; the metrics are those of
         :func:`claas.sdpo.sdpo_loss` with ``loss="token"``.
     """
-    s = student_token_BT.float()
+    s = student_token_BT.detach()
     weights, clipped = _weights(s, old_BT, config)
     distill = sdpo.token_level_loss(s, teacher_token_BT)
-    adv = weights * (teacher_token_BT.float() - s)
+    adv = weights * (teacher_token_BT.to(s.dtype) - s)
     per_token = weights * distill
     k3 = None if base_BT is None else sdpo.kl_to_base_k3(s, base_BT)
     if k3 is not None and config.kl_beta > 0:
-        adv = adv + config.kl_beta * torch.expm1(base_BT.float() - s)
+        assert base_BT is not None
+        adv = adv + config.kl_beta * torch.expm1(base_BT.to(s.dtype) - s)
         per_token = per_token + config.kl_beta * k3
     total = _masked_mean(per_token, mask_BT)
     metrics = _metrics(total, distill, s, mask_BT, old_BT=old_BT, clipped_BT=clipped, k3_BT=k3)

@@ -116,7 +116,9 @@ class ModalTrainer:
         _store(reply, out_dir)
         try:
             metrics = {str(k): float(v) for k, v in reply["metrics"].items()}
-            return DistillResult(metrics=metrics, steps=int(reply["steps"]), tokens=int(reply["tokens"]))
+            return DistillResult(
+                metrics=metrics, steps=int(reply["steps"]), tokens=int(reply["tokens"])
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise TrainingError(f"the Modal worker's reply lacks {exc}") from exc
 

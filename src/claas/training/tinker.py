@@ -231,7 +231,9 @@ class TinkerTrainer:
         if remote is not None:
             return remote
         if config.teacher == "remote":
-            raise TrainingError("teacher='remote' needs teacher logprobs from the inference backend")
+            raise TrainingError(
+                "teacher='remote' needs teacher logprobs from the inference backend"
+            )
         # 'current' is the parent's sampler: the teacher stays fixed over the update's steps.
         sampler = self._sampler(checkpoint, current=config.teacher == "current")
         with service_call("scoring the teacher"):

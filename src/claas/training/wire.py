@@ -58,7 +58,9 @@ def version_to_dict(version: AdapterVersion) -> dict[str, Any]:
     data["feedback_ids"] = list(version.feedback_ids)
     data["lora"] = dict(version.lora)
     data["metrics"] = dict(version.metrics)
-    data["distill_config"] = None if version.distill_config is None else dict(version.distill_config)
+    data["distill_config"] = (
+        None if version.distill_config is None else dict(version.distill_config)
+    )
     return data
 
 

