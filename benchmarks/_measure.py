@@ -111,14 +111,22 @@ def format_table(rows: Sequence[Row]) -> str:
     """A Markdown table: name, measured, reference, ratio, goal, status."""
     header = ("benchmark", "measured", "reference", "ratio", "goal", "status")
     cells = [
-        (r.name, r.measured, r.reference, "-" if r.ratio is None else f"{r.ratio:.3g}",
-         r.goal.text, r.status)
+        (
+            r.name,
+            r.measured,
+            r.reference,
+            "-" if r.ratio is None else f"{r.ratio:.3g}",
+            r.goal.text,
+            r.status,
+        )
         for r in rows
     ]
     widths = [max(len(str(c[i])) for c in [header, *cells]) for i in range(len(header))]
 
     def line(values: Sequence[str]) -> str:
-        return "| " + " | ".join(str(v).ljust(w) for v, w in zip(values, widths)) + " |"
+        return (
+            "| " + " | ".join(str(v).ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
+        )
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     notes = [f"- {r.name}: {r.note}" for r in rows if r.note]

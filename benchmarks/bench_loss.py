@@ -73,7 +73,7 @@ def trl_loss(logits: Any, teacher_logits: Any, ids: Any, mask: Any, old: Any, k:
 
 
 def _inputs(t: int, v: int, k: int, variant: str, seed: int) -> dict[str, Any]:
-    """Seeded inputs; the teacher's top-K comes from a random full distribution, C rows at a time."""
+    """Seeded inputs; the teacher top-K is taken from a random full distribution."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -99,7 +99,9 @@ def _loss(variant: str, x: dict[str, Any], k: int, chunk_size: int) -> Any:
     if variant == "trl":
         return trl_loss(x["logits"], x["teacher_logits"], x["ids"], x["mask"], x["old"], k)
     if variant == "unchunked":
-        return unchunked_loss(x["logits"], x["q_logprobs"], x["q_ids"], x["ids"], x["mask"], x["old"])
+        return unchunked_loss(
+            x["logits"], x["q_logprobs"], x["q_ids"], x["ids"], x["mask"], x["old"]
+        )
     from claas import sdpo
 
     teacher = sdpo.TeacherTopK(x["q_logprobs"], x["q_ids"])
@@ -165,26 +167,51 @@ def run(options: Any) -> list[m.Row]:
     for i in range(options.loss_repeats):
         for name in variants if i % 2 == 0 else reversed(variants):
             print(f"[loss] round {i + 1}: {name}", file=sys.stderr)
-            args = {"variant": name, "t": t, "v": v, "k": k, "chunk_size": c,
-                    "threads": options.threads, "seed": i}
+            args = {
+                "variant": name,
+                "t": t,
+                "v": v,
+                "k": k,
+                "chunk_size": c,
+                "threads": options.threads,
+                "seed": i,
+            }
             python = trl_python if name == "trl" else None
-            results[name].append(
-                m.run_child(SCRIPT, "measure_loss", args, python=python, env=env)
-            )
+            results[name].append(m.run_child(SCRIPT, "measure_loss", args, python=python, env=env))
     chunked, plain = results["chunked"], results["unchunked"]
-    agree = max(abs(a["loss"] - b["loss"]) / max(abs(b["loss"]), 1e-30)
-                for a, b in zip(chunked, plain, strict=True))
-    grads = max(abs(a["grad_norm"] - b["grad_norm"]) / max(b["grad_norm"], 1e-30)
-                for a, b in zip(chunked, plain, strict=True))
-    rows = _pair_rows(f"loss chunked C={c} vs fp32 unchunked ({size})", chunked, plain,
-                      m.at_most(0.25), m.at_most(1.1))
-    rows[0] = _with_note(rows[0], f"loss values agree to {agree:.1e} (relative), gradient "
-                                  f"norms to {grads:.1e}; {len(chunked)} rounds")
+    agree = max(
+        abs(a["loss"] - b["loss"]) / max(abs(b["loss"]), 1e-30)
+        for a, b in zip(chunked, plain, strict=True)
+    )
+    grads = max(
+        abs(a["grad_norm"] - b["grad_norm"]) / max(b["grad_norm"], 1e-30)
+        for a, b in zip(chunked, plain, strict=True)
+    )
+    rows = _pair_rows(
+        f"loss chunked C={c} vs fp32 unchunked ({size})",
+        chunked,
+        plain,
+        m.at_most(0.25),
+        m.at_most(1.1),
+    )
+    rows[0] = _with_note(
+        rows[0],
+        f"loss values agree to {agree:.1e} (relative), gradient "
+        f"norms to {grads:.1e}; {len(chunked)} rounds",
+    )
     if trl_python:
-        rows += _pair_rows(f"loss chunked vs TRL sdpo loss_utils ({size})", chunked,
-                           results["trl"], m.info(), m.info())
-        rows[-2] = _with_note(rows[-2], "TRL uses the student's top-K and full teacher "
-                                        "logits (another [T, V] input, not counted)")
+        rows += _pair_rows(
+            f"loss chunked vs TRL sdpo loss_utils ({size})",
+            chunked,
+            results["trl"],
+            m.info(),
+            m.info(),
+        )
+        rows[-2] = _with_note(
+            rows[-2],
+            "TRL uses the student's top-K and full teacher "
+            "logits (another [T, V] input, not counted)",
+        )
     else:
         rows += m.skipped_rows([f"loss vs TRL ({size})"], why)
     return rows
@@ -197,12 +224,20 @@ def _pair_rows(
     peak_a, peak_b = [r["peak"] for r in a], [r["peak"] for r in b]
     secs_a, secs_b = [r["seconds"] for r in a], [r["seconds"] for r in b]
     return [
-        m.Row(name=f"{name}: peak memory", measured=f"{m.median(peak_a) / gib:.2f} GiB",
-              reference=f"{m.median(peak_b) / gib:.2f} GiB",
-              ratio=m.median_ratio(peak_a, peak_b), goal=mem),
-        m.Row(name=f"{name}: fwd+bwd time", measured=f"{m.median(secs_a):.3g} s",
-              reference=f"{m.median(secs_b):.3g} s",
-              ratio=m.median_ratio(secs_a, secs_b), goal=time_),
+        m.Row(
+            name=f"{name}: peak memory",
+            measured=f"{m.median(peak_a) / gib:.2f} GiB",
+            reference=f"{m.median(peak_b) / gib:.2f} GiB",
+            ratio=m.median_ratio(peak_a, peak_b),
+            goal=mem,
+        ),
+        m.Row(
+            name=f"{name}: fwd+bwd time",
+            measured=f"{m.median(secs_a):.3g} s",
+            reference=f"{m.median(secs_b):.3g} s",
+            ratio=m.median_ratio(secs_a, secs_b),
+            goal=time_,
+        ),
     ]
 
 

@@ -41,9 +41,7 @@ FILLER = (
 )
 
 
-def make_samples(
-    tokenizer: Any, batch: int, prompt_tokens: int, response_tokens: int
-) -> list[Any]:
+def make_samples(tokenizer: Any, batch: int, prompt_tokens: int, response_tokens: int) -> list[Any]:
     """``batch`` samples with a chat prompt of about ``prompt_tokens`` and an exact response."""
     from claas.teacher import DistillSample, encode_chat, teacher_messages
     from claas.types import ChatMessage

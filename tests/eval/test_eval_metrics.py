@@ -15,6 +15,7 @@ from claas.eval.metrics import (
     mean,
     mean_token_entropy,
     ngrams,
+    repetition,
     self_similarity,
     topk_entropy,
 )
@@ -92,6 +93,25 @@ def test_self_similarity_lies_in_the_unit_interval(texts: list[str]) -> None:
     assert self_similarity([texts[0]] * 3) == 1.0
 
 
+def test_repetition_examples() -> None:
+    loop = "The answer to your question is: " * 6
+    assert repetition(loop) > 0.7
+    assert repetition("Air scatters blue light more than red, so the sky looks blue.") == 0.0
+    assert repetition("Too short") == 0.0
+    # Eight words, five 4-grams, the last two repeat the first two.
+    assert repetition("a b c d a b c d") == pytest.approx(1 / 5)
+    with pytest.raises(ValueError):
+        repetition("x", n=0)
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), max_size=60), st.integers(1, 5))
+def test_repetition_lies_in_the_unit_interval(words: list[str], n: int) -> None:
+    value = repetition(" ".join(words), n=n)
+    assert 0.0 <= value < 1.0
+    if len(set(words)) == len(words):
+        assert value == 0.0
+
+
 @given(
     st.lists(st.floats(-10, 0), min_size=1, max_size=20),
     st.lists(st.floats(-10, 0), min_size=1, max_size=20),
@@ -119,6 +139,7 @@ def test_mean_of_nothing_is_nan_not_zero() -> None:
 THRESHOLDS = {
     "entropy_drop": 0.5,
     "max_self_similarity": 0.5,
+    "max_repetition": 0.5,
     "max_logprob_drift": 0.5,
     "max_capability_drop": 0.25,
 }
@@ -126,19 +147,37 @@ BASELINE = {"entropy": 1.0, "capability": 0.9, "self_similarity": 0.1, "logprob_
 
 
 def test_no_alerts_when_healthy() -> None:
-    step = {"entropy": 0.8, "capability": 0.8, "self_similarity": 0.2, "logprob_drift": -0.1}
+    step = {
+        "entropy": 0.8,
+        "capability": 0.8,
+        "self_similarity": 0.2,
+        "repetition": 0.1,
+        "logprob_drift": -0.1,
+    }
     assert check_alerts(step, BASELINE, THRESHOLDS) == []
 
 
 def test_each_threshold_raises_its_alert() -> None:
-    step = {"entropy": 0.4, "capability": 0.5, "self_similarity": 0.9, "logprob_drift": -0.8}
+    step = {
+        "entropy": 0.4,
+        "capability": 0.5,
+        "self_similarity": 0.9,
+        "repetition": 0.6,
+        "logprob_drift": -0.8,
+    }
     alerts = check_alerts(step, BASELINE, THRESHOLDS)
-    assert len(alerts) == 4
+    assert len(alerts) == 5
     assert any("entropy" in a for a in alerts) and any("forgetting" in a for a in alerts)
 
 
 def test_unmeasured_or_disabled_metrics_raise_nothing() -> None:
     step = {"entropy": None, "capability": None, "self_similarity": None, "logprob_drift": None}
     assert check_alerts(step, BASELINE, THRESHOLDS) == []
-    bad = {"entropy": 0.0, "capability": 0.0, "self_similarity": 1.0, "logprob_drift": 9.0}
+    bad = {
+        "entropy": 0.0,
+        "capability": 0.0,
+        "self_similarity": 1.0,
+        "repetition": 1.0,
+        "logprob_drift": 9.0,
+    }
     assert check_alerts(bad, BASELINE, {k: None for k in THRESHOLDS}) == []

@@ -41,7 +41,11 @@ _ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
 _LOSS_INPUTS = {
     "cross_entropy": {"target_tokens": "int64", "weights": "float32"},
-    "importance_sampling": {"target_tokens": "int64", "logprobs": "float32", "advantages": "float32"},
+    "importance_sampling": {
+        "target_tokens": "int64",
+        "logprobs": "float32",
+        "advantages": "float32",
+    },
 }
 
 
@@ -196,7 +200,9 @@ def _check_tensor(name: str, data: Any, dtype: str, n: int) -> torch.Tensor:
         raise bad_request(f"loss_fn_inputs[{name!r}] must be {dtype}, got {data.dtype}")
     tensor = data.to_torch()
     if tensor.dim() not in (1, 2) or tensor.shape[0] != n:
-        raise bad_request(f"loss_fn_inputs[{name!r}] has shape {list(tensor.shape)}, needs ({n}, ...)")
+        raise bad_request(
+            f"loss_fn_inputs[{name!r}] has shape {list(tensor.shape)}, needs ({n}, ...)"
+        )
     return tensor
 
 
@@ -220,7 +226,9 @@ def check_datum(datum: Any, loss_fn: str, vocab: int) -> dict[str, torch.Tensor]
     if loss_fn != "cross_entropy" and len(shape) != 1:
         raise bad_request(f"{loss_fn} needs 1-D target_tokens, got {list(shape)}")
     if any(t.shape != shape for t in inputs.values()):
-        raise bad_request(f"loss_fn_inputs shapes differ: { {k: list(v.shape) for k, v in inputs.items()} }")
+        raise bad_request(
+            f"loss_fn_inputs shapes differ: { {k: list(v.shape) for k, v in inputs.items()} }"
+        )
     targets = inputs["target_tokens"]
     if targets.numel() and (targets.min() < 0 or targets.max() >= vocab):
         raise bad_request("target_tokens hold ids outside the vocabulary")
@@ -254,7 +262,9 @@ class FakeTrainingClient:
             self.optimizer.load_state_dict(copy.deepcopy(checkpoint.optimizer))
         self.steps = 0
 
-    def _outputs(self, data: list[Any], loss_fn: str, *, backward: bool) -> types.ForwardBackwardOutput:
+    def _outputs(
+        self, data: list[Any], loss_fn: str, *, backward: bool
+    ) -> types.ForwardBackwardOutput:
         model = self.service.model
         outputs, total = [], 0.0
         with model.lock:
@@ -299,7 +309,9 @@ class FakeTrainingClient:
                         data=[0.0] * len(targets.data), dtype="float32", shape=targets.shape
                     )
                 inputs = {"target_tokens": targets, "weights": weights}
-                forward_data.append(types.Datum(model_input=datum.model_input, loss_fn_inputs=inputs))
+                forward_data.append(
+                    types.Datum(model_input=datum.model_input, loss_fn_inputs=inputs)
+                )
             first = self._outputs(forward_data, "cross_entropy", backward=False)
             leaves = [
                 out["logprobs"].to_torch().float().requires_grad_(True)
@@ -397,15 +409,15 @@ class FakeSamplingClient:
     def __init__(self, service: FakeTinkerService, checkpoint: Checkpoint | None) -> None:
         self.service = service
         self.slot = (
-            None if checkpoint is None else service.model.new_slot(checkpoint.shape, checkpoint.weights)
+            None
+            if checkpoint is None
+            else service.model.new_slot(checkpoint.shape, checkpoint.weights)
         )
 
     def get_base_model(self) -> str:
         return self.service.base_model
 
-    def _prompt_logprobs(
-        self, tokens: list[int], k: int
-    ) -> tuple[np.ndarray, TopkLogprobs | None]:
+    def _prompt_logprobs(self, tokens: list[int], k: int) -> tuple[np.ndarray, TopkLogprobs | None]:
         model = self.service.model
         logprobs = model.logprobs(self.slot, tokens, grad=False)  # [P, V], row i predicts i+1
         actual = np.full(len(tokens), np.nan, dtype=np.float32)
@@ -469,7 +481,9 @@ class FakeSamplingClient:
             if not isinstance(prompt, types.ModelInput):
                 raise bad_request(f"prompt must be a ModelInput, got {type(prompt)}")
             if not isinstance(sampling_params, types.SamplingParams):
-                raise bad_request(f"sampling_params must be SamplingParams, got {type(sampling_params)}")
+                raise bad_request(
+                    f"sampling_params must be SamplingParams, got {type(sampling_params)}"
+                )
             if num_samples < 1 or topk_prompt_logprobs < 0:
                 raise bad_request("num_samples must be >= 1 and topk_prompt_logprobs >= 0")
             tokens = prompt.to_ints()
@@ -488,7 +502,9 @@ class FakeSamplingClient:
 
         return _future(run)
 
-    def compute_logprobs(self, prompt: Any, prompt_logprobs_last_n: int | None = None) -> Future[Any]:
+    def compute_logprobs(
+        self, prompt: Any, prompt_logprobs_last_n: int | None = None
+    ) -> Future[Any]:
         def run() -> list[float | None]:
             with self.service.model.lock:
                 actual, _ = self._prompt_logprobs(prompt.to_ints(), 0)
@@ -575,9 +591,13 @@ class FakeTinkerService:
     ) -> Future[Any]:
         def run() -> FakeTrainingClient:
             if base_model != self.base_model:
-                raise bad_request(f"base model {base_model!r} is not served (only {self.base_model!r})")
+                raise bad_request(
+                    f"base model {base_model!r} is not served (only {self.base_model!r})"
+                )
             if not any((train_mlp, train_attn, train_unembed)):
-                raise ValueError("At least one of train_mlp, train_attn, or train_unembed must be True")
+                raise ValueError(
+                    "At least one of train_mlp, train_attn, or train_unembed must be True"
+                )
             shape = LoraShape(rank, seed, train_mlp, train_attn, train_unembed)
             client = FakeTrainingClient(self, shape)
             self.training_clients.append(client)
@@ -611,7 +631,9 @@ class FakeTinkerService:
                 raise ValueError("Either model_path or base_model must be provided")
             if model_path is None and base_model != self.base_model:
                 raise bad_request(f"base model {base_model!r} is not served")
-            checkpoint = None if model_path is None else self._checkpoint(model_path, "sampler_weights")
+            checkpoint = (
+                None if model_path is None else self._checkpoint(model_path, "sampler_weights")
+            )
             client = FakeSamplingClient(self, checkpoint)
             self.sampling_clients.append(client)
             return client

@@ -35,7 +35,13 @@ __all__ = [
 
 CONFIG_MODULE = "claas.eval.conf"
 METRIC_FAMILIES = ("margin", "capability", "collapse")
-ALERT_KEYS = ("entropy_drop", "max_self_similarity", "max_logprob_drift", "max_capability_drop")
+ALERT_KEYS = (
+    "entropy_drop",
+    "max_self_similarity",
+    "max_repetition",
+    "max_logprob_drift",
+    "max_capability_drop",
+)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 
 

@@ -11,7 +11,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from claas.eval.config import EvalConfig, Preference
-from claas.eval.metrics import logprob_margin, mean, mean_token_entropy, self_similarity
+from claas.eval.metrics import (
+    logprob_margin,
+    mean,
+    mean_token_entropy,
+    repetition,
+    self_similarity,
+)
 from claas.eval.probes import CAPABILITY_PROBES, run_probes
 from claas.eval.targets import EvalTarget, Sample
 
@@ -130,6 +136,7 @@ def _collapse(
     return {
         "entropy": finite(mean(entropies)),
         "self_similarity": finite(self_similarity([a.text for a in answers])),
+        "repetition": finite(mean(repetition(a.text) for a in answers)),
         "anchor_logprob": finite(anchor),
         "logprob_drift": finite(drift),
     }

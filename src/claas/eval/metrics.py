@@ -17,6 +17,7 @@ __all__ = [
     "mean",
     "mean_token_entropy",
     "ngrams",
+    "repetition",
     "self_similarity",
     "topk_entropy",
 ]
@@ -90,6 +91,21 @@ def self_similarity(texts: Sequence[str], *, n: int = 2) -> float:
     return mean(pairs)
 
 
+def repetition(text: str, *, n: int = 4) -> float:
+    """Fraction of the word n-grams of one text that repeat an earlier one.
+
+    A degenerate answer that loops ("The answer is: The answer is: ...") scores
+    near 1; ordinary prose near 0. A text shorter than ``n`` words scores 0.
+    """
+    if n < 1:
+        raise ValueError(f"n={n} must be >= 1")
+    words = [w.lower() for w in _TOKEN.findall(text)]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
 def logprob_margin(
     preferred: Sequence[float], dispreferred: Sequence[float]
 ) -> tuple[float, float]:
@@ -124,6 +140,7 @@ def check_alerts(
 
     - ``entropy_drop``: token entropy fell below ``(1 - x)`` times the baseline.
     - ``max_self_similarity``: answers to different prompts look alike.
+    - ``max_repetition``: answers loop, repeating their own word 4-grams.
     - ``max_logprob_drift``: mean anchor logprob moved by more than x nats/token.
     - ``max_capability_drop``: capability score fell by more than x (absolute).
     """
@@ -143,6 +160,11 @@ def check_alerts(
         assert similarity is not None
         if similarity > limit:
             alerts.append(f"answers alike: self-similarity {similarity:.3f} > {limit}")
+    looping, limit = metrics.get("repetition"), thresholds.get("max_repetition")
+    if limit is not None and known(looping):
+        assert looping is not None
+        if looping > limit:
+            alerts.append(f"answers loop: repetition {looping:.3f} > {limit}")
     drift, limit = metrics.get("logprob_drift"), thresholds.get("max_logprob_drift")
     if limit is not None and known(drift):
         assert drift is not None

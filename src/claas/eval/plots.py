@@ -97,12 +97,13 @@ def plot_margins(records: Records, path: Path) -> Path:
 
 
 def plot_collapse(records: Records, path: Path) -> Path:
-    """Collapse signals: token entropy, self-similarity of answers, logprob drift."""
+    """Collapse signals: token entropy, similarity and looping of answers, logprob drift."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     _panel(axes[0], records, "entropy", "Token entropy (top-K)", "nats")
-    _panel(axes[1], records, "self_similarity", "Self-similarity of answers", "bigram Jaccard")
-    _panel(axes[2], records, "logprob_drift", "Anchor logprob drift", "nats/token")
+    _panel(axes[1], records, "self_similarity", "Answers alike (across prompts)", "bigram Jaccard")
+    _panel(axes[2], records, "repetition", "Answers looping (within one)", "repeated 4-grams")
+    _panel(axes[3], records, "logprob_drift", "Anchor logprob drift", "nats/token")
     for record in records:
         if record.get("alerts"):
             for ax in axes:

@@ -24,6 +24,7 @@ TABLE_KEYS = (
     "margin",
     "entropy",
     "self_similarity",
+    "repetition",
     "logprob_drift",
 )
 

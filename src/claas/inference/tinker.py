@@ -128,7 +128,7 @@ class TinkerInference:
             logprobs = sequence.logprobs
             if logprobs is None:
                 logprobs = self._score_with(sampler, prompt_ids, ids)
-        tops = ()
+        tops: tuple[tuple[tuple[int, float], ...], ...] = ()
         if sampling.top_logprobs and sequence.topk_logprobs is not None:
             tops = tuple(
                 tuple((int(i), float(lp)) for i, lp in row or ()) for row in sequence.topk_logprobs

@@ -109,7 +109,9 @@ def distill_request(
 def unpack_distill_request(
     request: Mapping[str, Any], *, parent_path: Path
 ) -> tuple[list[DistillSample], AdapterVersion, DistillConfig, list[TeacherTopKLists] | None]:
-    """Rebuild ``(samples, parent, config, remote_teacher)``; the parent's files are in ``parent_path``.
+    """Rebuild ``(samples, parent, config, remote_teacher)`` of a request.
+
+    The parent's files are in ``parent_path``.
 
     Raises:
         InvalidRequest: If the request lacks a field.
