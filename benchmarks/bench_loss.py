@@ -73,25 +73,35 @@ def trl_loss(logits: Any, teacher_logits: Any, ids: Any, mask: Any, old: Any, k:
 
 
 def _inputs(t: int, v: int, k: int, variant: str, seed: int) -> dict[str, Any]:
-    """Seeded inputs; the teacher top-K is taken from a random full distribution."""
+    """Seeded inputs shaped like a real update: the student close to the teacher.
+
+    The sampled ids are among the teacher's top-K and the serving log-probs near the
+    student's, so the divergence and the importance weights are of a realistic size.
+    """
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(1, t, v, generator=g) * 2).to(torch.bfloat16)
     teacher_logits = (torch.randn(1, t, v, generator=g) * 3).to(torch.bfloat16)
-    values, top_ids = [], []
-    for rows in teacher_logits[0].split(256):
-        top = torch.log_softmax(rows.float(), dim=-1).topk(k, dim=-1)
+    logits = (teacher_logits * 0.8 + torch.randn(1, t, v, generator=g)).to(torch.bfloat16)
+    values, top_ids, student = [], [], []
+    for q_rows, s_rows in zip(teacher_logits[0].split(256), logits[0].split(256), strict=True):
+        top = torch.log_softmax(q_rows.float(), dim=-1).topk(k, dim=-1)
         values.append(top.values)
         top_ids.append(top.indices)
+        student.append(torch.log_softmax(s_rows.float(), dim=-1))
+    q_ids = torch.cat(top_ids)[None]
+    ids = q_ids.gather(-1, torch.randint(0, k, (1, t, 1), generator=g)).squeeze(-1)
+    token = torch.cat(
+        [s.gather(-1, i[:, None]) for s, i in zip(student, ids[0].split(256), strict=True)]
+    )[:, 0]
     return {
         "logits": logits.requires_grad_(True),
         "teacher_logits": teacher_logits if variant == "trl" else None,
         "q_logprobs": torch.cat(values)[None],
-        "q_ids": torch.cat(top_ids)[None],
-        "ids": torch.randint(0, v, (1, t), generator=g),
+        "q_ids": q_ids,
+        "ids": ids,
         "mask": torch.ones(1, t, dtype=torch.bool),
-        "old": -torch.rand(1, t, generator=g) * 3,
+        "old": (token + 0.1 * torch.randn(t, generator=g))[None],
     }
 
 
