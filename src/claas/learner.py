@@ -106,7 +106,11 @@ class _Turns:
 
 
 class ChatStream:
-    """A streamed chat: iterate for text deltas; ``completion`` is set at the end."""
+    """A streamed chat: iterate for text deltas; ``completion`` is set at the end.
+
+    Iterate it to the end on the thread that created it: the local backend holds
+    its model lock from the first token to the last.
+    """
 
     def __init__(self, completion_id: str, adapter_version: int | None, deltas: Iterator[str]):
         self.id = completion_id
@@ -189,9 +193,21 @@ class Learner:
             self._tokenizer = tokenizer
         return self._tokenizer
 
-    def _turns_for(self, adapter_id: str) -> _Turns:
+    def _take_turn(
+        self, adapter_id: str, accept: Callable[[], _T] | None = None
+    ) -> tuple[_Turns, int, _T | None]:
+        """Queue behind earlier updates of ``adapter_id`` (see :meth:`_leave_turn`)."""
         with self._lock:
-            return self._turns.setdefault(adapter_id, _Turns())
+            turns = self._turns.setdefault(adapter_id, _Turns())
+            ticket, accepted = turns.ticket(accept)
+        return turns, ticket, accepted
+
+    def _leave_turn(self, adapter_id: str, turns: _Turns) -> None:
+        turns.done()
+        with self._lock:
+            # Drop idle queues so arbitrary ids cannot grow the map without bound.
+            if turns.depth == 0 and self._turns.get(adapter_id) is turns:
+                del self._turns[adapter_id]
 
     def queue_depth(self, adapter_id: str | None = None) -> int:
         """Updates accepted but not finished, for one adapter or all."""
@@ -250,15 +266,14 @@ class Learner:
         Waits for updates accepted earlier to finish first.
         """
         validate_adapter_id(adapter_id)
-        turns = self._turns_for(adapter_id)
-        ticket, _ = turns.ticket()
+        turns, ticket, _ = self._take_turn(adapter_id)
         try:
             turns.wait(ticket)
             previous = self.store.latest_version(adapter_id)
             target = self.store.rollback(adapter_id, version)
             self.records.record_rollback(adapter_id, previous, target.version)
         finally:
-            turns.done()
+            self._leave_turn(adapter_id, turns)
         self._publish_quietly(target)
         return target
 
@@ -271,15 +286,14 @@ class Learner:
     def delete_adapter(self, adapter_id: str) -> None:
         """Delete an adapter and all its versions (records of feedback stay)."""
         validate_adapter_id(adapter_id)
-        turns = self._turns_for(adapter_id)
-        ticket, _ = turns.ticket()
+        turns, ticket, _ = self._take_turn(adapter_id)
         try:
             turns.wait(ticket)
             doomed = self.store.versions(adapter_id)
             self.store.delete(adapter_id)
             self.records.delete_adapter(adapter_id)
         finally:
-            turns.done()
+            self._leave_turn(adapter_id, turns)
         self._engine_forget(doomed)
         if self._inference is not None:
             self._inference.retire(adapter_id)
@@ -439,9 +453,8 @@ class Learner:
         """Learn from several feedback items on one adapter in a single update."""
         distill = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
         target, samples = self._prepare(items, adapter_id)
-        turns = self._turns_for(target)
-        ticket, recorded = turns.ticket(
-            lambda: [self._record_feedback(target, item) for item in items]
+        turns, ticket, recorded = self._take_turn(
+            target, lambda: [self._record_feedback(target, item) for item in items]
         )
         ids = recorded or []
         accepted = time.perf_counter()
@@ -454,7 +467,7 @@ class Learner:
                     self.records.update_feedback(feedback_id, status="failed", error=repr(exc))
             raise
         finally:
-            turns.done()
+            self._leave_turn(target, turns)
 
     def _prepare(
         self, items: Sequence[Feedback], adapter_id: str | None
