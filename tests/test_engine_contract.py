@@ -24,6 +24,7 @@ from claas import DistillConfig, Learner, LoraSpec, NonFiniteUpdate, Settings
 from claas.models import load_tokenizer
 from claas.storage import LocalAdapterStore
 from claas.teacher import DistillSample, build_sample_from_text
+from claas.training import TrainingEngine
 from claas.types import AdapterVersion, ChatMessage, DistillResult
 
 pytestmark = pytest.mark.slow
@@ -168,6 +169,7 @@ def _score(kit: Kit, sample: DistillSample, version: AdapterVersion | None) -> l
 def test_init_adapter_writes_a_version_equal_to_the_base_model(
     kit: Kit, store: LocalAdapterStore, samples: list[DistillSample]
 ) -> None:
+    assert isinstance(kit.engine, TrainingEngine)
     v0 = _create(kit, store)
     assert any(Path(v0.path).iterdir())
     # Loadable: the serving backend reads the files, and LoRA starts at B = 0.

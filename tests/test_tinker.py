@@ -337,3 +337,16 @@ def test_live_learning_loop_on_tinker(tmp_path: Path) -> None:
         assert record.state_path and record.sampler_path
         assert learner.chat("live/tinker", question, max_tokens=16).adapter_version == 1
         learner.delete_adapter("live/tinker")
+
+
+def test_settings_select_the_tinker_engine_and_backend(tmp_path: Path) -> None:
+    from claas.inference.tinker import TinkerInference
+    from claas.registry import create_backend, create_engine
+
+    settings = Settings(
+        data_dir=tmp_path, base_model="Qwen/Qwen3-8B", training_engine="tinker",
+        inference_backend="tinker",
+    )  # fmt: skip
+    # Nothing is contacted until the first call.
+    assert isinstance(create_engine(settings), TinkerTrainer)
+    assert isinstance(create_backend(settings), TinkerInference)

@@ -437,6 +437,18 @@ def test_a_down_server_is_backend_unavailable(tmp_path: Path, server: FakeVLLM) 
     backend.retire("team/bot")  # a down server is left to forget; no error
 
 
+def test_the_server_is_read_again_after_losing_it(backend: VLLMInference, server: FakeVLLM) -> None:
+    backend.generate(MESSAGES, adapter=None, sampling=GREEDY)
+    server.refuse_connections = 10
+    with pytest.raises(BackendUnavailable):
+        backend.generate(MESSAGES, adapter=None, sampling=GREEDY)
+    server.refuse_connections = 0
+    server.log.clear()
+    backend.generate(MESSAGES, adapter=None, sampling=GREEDY)
+    # It may have come back serving another model name: the base model is looked up again.
+    assert server.log == ["GET /v1/models", "POST /v1/chat/completions"]
+
+
 def test_a_timeout_is_not_retried(tmp_path: Path, server: FakeVLLM) -> None:
     backend = VLLMInference(
         make_settings(tmp_path, vllm_timeout=3.0), transport=httpx.MockTransport(server)

@@ -218,14 +218,18 @@ def _renormalized(logp: Tensor) -> Tensor:
     return logp - logp.logsumexp(-1, keepdim=True)
 
 
+def _on_support(s_K: Tensor, q_K: Tensor, alpha: float, add_tail: bool) -> Tensor:
+    """D on the teacher's top-K support from both sides' log-probs there: ``[..., K] -> [...]``."""
+    support = _with_tail if add_tail else _renormalized
+    return _interpolated(support(s_K), support(q_K), alpha)
+
+
 def _divergence(s: Tensor, teacher: Teacher, *, alpha: float, add_tail: bool) -> Tensor:
     """Unchecked :func:`divergence` over any leading dims: ``[..., V] -> [...]``."""
     if isinstance(teacher, TeacherTopK):
         dtype = _float_dtype(s, teacher.logprobs)
         s_K = s.to(dtype).gather(-1, teacher.ids.long())
-        q_K = teacher.logprobs.detach().to(dtype)
-        support = _with_tail if add_tail else _renormalized
-        return _interpolated(support(s_K), support(q_K), alpha)
+        return _on_support(s_K, teacher.logprobs.detach().to(dtype), alpha, add_tail)
     dtype = _float_dtype(s, teacher)
     return _interpolated(s.to(dtype), teacher.detach().to(dtype), alpha)
 
@@ -428,7 +432,11 @@ def _sdpo(
         d, s_tok = fn(*args, *head)
     else:
         x_flat, flat_teacher, flat_ids = args
-        d, s_tok = _Chunked.apply(fn, o.chunk_size, flat_teacher, flat_ids, x_flat, *head)
+        if isinstance(flat_teacher, TeacherTopK) and o.loss == "divergence":
+            q_K, q_ids = flat_teacher.logprobs.detach(), flat_teacher.ids.long()
+            d, s_tok = _ChunkedTopK.apply(o, q_K, q_ids, flat_ids, x_flat, *head)
+        else:
+            d, s_tok = _Chunked.apply(fn, o.chunk_size, flat_teacher, flat_ids, x_flat, *head)
     return _aggregate(d.view_as(ids), s_tok.view_as(ids), mask, o)
 
 
@@ -479,6 +487,69 @@ class _Chunked(torch.autograd.Function):
                     materialize_grads=True,
                 )
             found = iter(grads)
+            if grad_x is not None:
+                grad_x[sl] = next(found)
+            for total in grad_head:
+                if total is not None:
+                    total += next(found)
+        return (None, None, None, None, grad_x, *grad_head)
+
+
+class _ChunkedTopK(torch.autograd.Function):
+    """The top-K divergence C rows at a time, with its gradient in closed form.
+
+    Forward needs only each row's log-normalizer and the log-probs at the K teacher ids
+    and the sampled id, never a ``[C, V]`` log-softmax. With ``p = softmax(z)`` for logits
+    ``z``, upstream gradients ``a`` (of ``d``) and ``b`` (of ``s_tok``), and
+    ``g = a dd/ds_K``, the gradient of a row is
+    ``scatter(g at the K ids) + b onehot(y) - p (sum(g) + b)``: backward builds one
+    ``[C, V]`` tensor per chunk and runs autograd only on ``[C, K]`` (and the LM head).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, o: _Options, q_K: Tensor, q_ids: Tensor, ids: Tensor, x: Tensor, *head: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        ctx.o = o
+        dtype = _float_dtype(q_K, x, *head)
+        d, s_tok, lse, s_K = [], [], [], []
+        for sl in _slices(ids.numel(), o.chunk_size or ids.numel()):
+            z = _linear(x[sl], *head) if head else x[sl]
+            norm = torch.logsumexp(z.to(dtype), dim=-1, keepdim=True)
+            picked = z.gather(-1, torch.cat([q_ids[sl], ids[sl, None]], -1)).to(dtype) - norm
+            d.append(_on_support(picked[:, :-1], q_K[sl].to(dtype), o.alpha, o.add_tail))
+            s_tok.append(picked[:, -1])
+            lse.append(norm)
+            s_K.append(picked[:, :-1])
+        ctx.save_for_backward(q_K, q_ids, ids, x, torch.cat(lse), torch.cat(s_K), *head)
+        return torch.cat(d), torch.cat(s_tok)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_d: Tensor, grad_tok: Tensor) -> tuple[Tensor | None, ...]:
+        q_K, q_ids, ids, x, lse, s_K, *head = ctx.saved_tensors
+        o, wanted = ctx.o, ctx.needs_input_grad[4:]
+        grad_x = torch.empty_like(x) if wanted[0] else None
+        grad_head = [
+            torch.zeros_like(p) if w else None for p, w in zip(head, wanted[1:], strict=True)
+        ]
+        for sl in _slices(ids.numel(), o.chunk_size or ids.numel()):
+            with torch.enable_grad():
+                leaf = s_K[sl].detach().requires_grad_(True)
+                d = _on_support(leaf, q_K[sl].to(lse.dtype), o.alpha, o.add_tail)
+                (g,) = torch.autograd.grad(d, leaf, grad_d[sl].to(lse.dtype))
+                leaves = [t[sl] if i == 0 else t for i, t in enumerate((x, *head))]
+                leaves = [t.detach().requires_grad_(w) for t, w in zip(leaves, wanted, strict=True)]
+                z = _linear(*leaves) if head else leaves[0]
+            b = grad_tok[sl].to(lse.dtype)
+            grad_z = (z.detach().to(lse.dtype) - lse[sl]).exp_().mul_(-(g.sum(-1) + b)[:, None])
+            grad_z.scatter_add_(-1, q_ids[sl], g).scatter_add_(-1, ids[sl, None], b[:, None])
+            if not head:
+                if grad_x is not None:
+                    grad_x[sl] = grad_z
+                continue
+            needed = [t for t in leaves if t.requires_grad]
+            found = iter(torch.autograd.grad(z, needed, grad_z.to(z.dtype)))
             if grad_x is not None:
                 grad_x[sl] = next(found)
             for total in grad_head:

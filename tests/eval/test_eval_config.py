@@ -95,6 +95,11 @@ def test_bad_overrides_are_invalid_config(override: str) -> None:
         build(override)
 
 
+def test_an_unresolvable_interpolation_is_invalid_config() -> None:
+    with pytest.raises(InvalidConfig, match="interpolation"):
+        build("anchors=[${anchors.0}]")
+
+
 def test_distill_steps_must_come_from_steps_per_batch() -> None:
     with pytest.raises(InvalidConfig, match="steps_per_batch"):
         build("+distill.steps=2")

@@ -7,6 +7,7 @@ comparisons allow for bfloat16 rounding: logprobs agree to about 0.05 nats
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,7 @@ from claas import Learner, Settings
 from claas.config import DEFAULT_BASE_MODEL
 from claas.errors import BackendUnavailable
 from claas.inference.local import LocalInference
-from claas.inference.vllm import VLLMInference
+from claas.inference.vllm import AsyncVLLMClient, VLLMInference
 from claas.models import load_model, load_tokenizer
 from claas.teacher import build_sample, encode_chat
 from claas.types import ChatMessage, Completion, SamplingParams
@@ -140,6 +141,23 @@ def test_generation_returns_exact_ids_and_logprobs(
     )
     assert list(text.prompt_ids) == tokenizer.encode("The capital of France is")
     assert len(text.response_ids) == len(text.response_logprobs) == 4
+
+
+def test_async_client_gives_the_same_answers(tmp_path: Path, vllm_server: VLLMServer) -> None:
+    settings = vllm_settings(tmp_path, vllm_server)
+    greedy = SamplingParams(max_tokens=12, temperature=0.0)
+    with VLLMInference(settings) as sync:
+        expected = sync.generate(QUESTION, adapter=None, sampling=greedy)
+
+    async def answers() -> tuple[Any, Any]:
+        async with AsyncVLLMClient(settings) as client:
+            generation = await client.generate(QUESTION, adapter=None, sampling=greedy)
+            deltas = [d async for d in await client.stream(QUESTION, adapter=None, sampling=greedy)]
+            return generation, deltas[-1].generation
+
+    generation, streamed = asyncio.run(answers())
+    assert generation.prompt_ids == streamed.prompt_ids == expected.prompt_ids
+    assert generation.response_ids == streamed.response_ids == expected.response_ids
 
 
 def test_teacher_topk_matches_the_local_model(

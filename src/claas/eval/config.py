@@ -301,8 +301,12 @@ def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
     """A resolved plain dict from an OmegaConf node or a mapping."""
     if type(data).__module__.startswith("omegaconf"):
         from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
 
-        container = OmegaConf.to_container(data, resolve=True)  # type: ignore[call-overload]
+        try:
+            container = OmegaConf.to_container(data, resolve=True)  # type: ignore[call-overload]
+        except OmegaConfBaseException as exc:
+            raise InvalidConfig(f"eval config: {exc}") from exc
         assert isinstance(container, dict)
         return {str(k): v for k, v in container.items()}
     return dict(data)

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import attrs
 
 from claas.config import Settings
-from claas.errors import BackendUnavailable, InvalidRequest
+from claas.errors import BackendUnavailable, InvalidRequest, PayloadTooLarge
 from claas.inference._vllm_http import (
     base_model_id,
     chat_body,
@@ -322,6 +322,8 @@ class VLLMCore:
 
         try:
             reply = yield from self.call_model(None, make, action=f"teacher top-{k} logprobs")
+        except PayloadTooLarge:
+            raise
         except InvalidRequest as exc:
             raise InvalidRequest(
                 f"{exc}; vLLM must be started with --max-logprobs >= DistillConfig.top_k ({k})"

@@ -240,6 +240,12 @@ class VLLMInference:
         """Close the HTTP connections (the server keeps running)."""
         self._client.close()
 
+    def __enter__(self) -> VLLMInference:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- sleep mode ----------------------------------------------------------------------
 
     def sleep_supported(self) -> bool:
