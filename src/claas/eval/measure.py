@@ -21,7 +21,7 @@ from claas.eval.metrics import (
 from claas.eval.probes import CAPABILITY_PROBES, run_probes
 from claas.eval.targets import EvalTarget, Sample
 
-__all__ = ["Measurement", "capability_due", "measure", "sample_metrics"]
+__all__ = ["Measurement", "capability_due", "finite", "measure", "sample_metrics"]
 
 Measurement = tuple[dict[str, float | None], dict[str, Any]]
 
