@@ -42,6 +42,7 @@ def measure_latency(
     """Child: ``rounds`` feedback-to-first-token measurements after one warm-up round."""
     m.set_threads(threads)
     from claas import Learner, Settings
+    from claas.types import DistillConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="claas-bench-latency-"))
     extra: dict[str, Any] = {"model_cache_dir": models_dir} if models_dir else {}
@@ -49,6 +50,7 @@ def measure_latency(
         extra["vllm_url"] = vllm_url
     settings = Settings(data_dir=tmp, inference_backend=backend, **extra)
     messages = [{"role": "user", "content": QUESTION}]
+    config = DistillConfig()
     out: dict[str, list[float]] = {
         k: [] for k in ("whole", "train", "engine", "save", "publish", "first_token", "other")
     }
@@ -58,7 +60,7 @@ def measure_latency(
             served = learner.chat(ADAPTER, messages, max_tokens=100, temperature=0)
             for i in range(rounds + 1):  # round 0 warms up (LoRA injection, first loads)
                 started = time.perf_counter()
-                result = learner.feedback(served.id, FEEDBACK)
+                result = learner.feedback(served.id, FEEDBACK, config=config)
                 asked = time.perf_counter()
                 stream = learner.chat_stream(ADAPTER, messages, max_tokens=8, temperature=0)
                 next(iter(stream))
@@ -68,7 +70,7 @@ def measure_latency(
                 if i == 0:
                     continue
                 assert stream.adapter_version == result.version
-                _record(out, result, started, asked, first)
+                _record(out, result, config.steps, started, asked, first)
             tokens = (len(served.prompt_ids), len(served.response_ids))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -76,11 +78,16 @@ def measure_latency(
 
 
 def _record(
-    out: dict[str, list[float]], result: Any, started: float, asked: float, first: float
+    out: dict[str, list[float]],
+    result: Any,
+    steps: int,
+    started: float,
+    asked: float,
+    first: float,
 ) -> None:
     timings = result.timings
     parts = {
-        "train": result.metrics["step_seconds"] * result.steps,
+        "train": result.metrics["step_seconds"] * steps,
         "save": timings["save_seconds"],
         "publish": timings["publish_seconds"],
         "first_token": first - asked,
