@@ -138,3 +138,11 @@ def test_unknown_setting_and_unreadable_file(tmp_path: Path) -> None:
     bad.write_text("this is = = not toml")
     with pytest.raises(InvalidConfig, match="cannot read"):
         Settings.load(bad)
+
+
+def test_empty_optional_env_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLAAS_MODEL_CACHE_DIR", "")
+    monkeypatch.setenv("CLAAS_VLLM_URL", "")
+    settings = Settings.load()
+    assert settings.model_cache_dir is None and settings.vllm_url is None
+    assert settings.models_dir == settings.data_dir / "models"

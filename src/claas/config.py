@@ -283,7 +283,7 @@ def _coerce(name: str, value: Any) -> Any:
             raise _error(name, value, "must be a number") from exc
     if name == "api_keys":
         return _parse_api_keys(value)
-    if kind == "str | None" and value == "":
+    if kind.endswith("| None") and value == "":
         return None
     return value
 

@@ -151,3 +151,13 @@ def test_output_dir_defaults_under_the_data_dir(tmp_path: Path) -> None:
 def test_fingerprint_ignores_steps_but_not_the_seed() -> None:
     assert build("steps=2").fingerprint() == build("steps=9").fingerprint()
     assert build("seed=1").fingerprint() != build("seed=2").fingerprint()
+
+
+def test_broken_yaml_in_a_user_preference_is_an_invalid_config(tmp_path: Path) -> None:
+    from claas import InvalidConfig
+    from claas.eval.config import compose
+
+    (tmp_path / "preference").mkdir()
+    (tmp_path / "preference" / "broken.yaml").write_text("feedback: [it's, not: closed\n")
+    with pytest.raises(InvalidConfig, match="eval config"):
+        compose([f"hydra.searchpath=[file://{tmp_path}]", "preference=broken"])

@@ -369,10 +369,12 @@ def compose(overrides: Sequence[str] = ()) -> Any:
         from hydra import initialize_config_module
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
+        from yaml import YAMLError
     except ImportError as exc:
         raise missing_extra("hydra", "eval") from exc
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             return hydra_compose("config", overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as exc:
+    except (HydraException, OmegaConfBaseException, YAMLError) as exc:
+        # A user's preference file with a YAML syntax error surfaces as YAMLError.
         raise InvalidConfig(f"eval config: {exc}") from exc
