@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,6 @@ from typing import Any
 __all__ = [
     "Goal",
     "Row",
-    "at_least",
     "at_most",
     "child_main",
     "format_table",
@@ -48,7 +47,6 @@ __all__ = [
     "run_child",
     "set_threads",
     "skipped_rows",
-    "timed",
 ]
 
 MiB = 1024 * 1024
@@ -59,7 +57,7 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Goal:
-    """A bound on a ratio: ``at_most(1.5)``, ``at_least(0.9)`` or informational."""
+    """A bound on a ratio (``at_most(1.5)``) or none (``info()``)."""
 
     text: str
     check: Callable[[float], bool] | None = None
@@ -72,10 +70,6 @@ class Goal:
 
 def at_most(bound: float) -> Goal:
     return Goal(f"<= {bound:g}", lambda r: r <= bound)
-
-
-def at_least(bound: float) -> Goal:
-    return Goal(f">= {bound:g}", lambda r: r >= bound)
 
 
 def info() -> Goal:
@@ -267,14 +261,3 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def timed() -> Iterator[list[float]]:
-    """``with timed() as t: ...`` then ``t[0]`` is the elapsed wall time in seconds."""
-    box: list[float] = []
-    started = time.perf_counter()
-    try:
-        yield box
-    finally:
-        box.append(time.perf_counter() - started)
