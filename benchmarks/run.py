@@ -36,6 +36,10 @@ from _servers import vllm_for
 BENCHMARKS = ("step", "loss", "latency", "proxy")
 
 
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -65,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("step")
     g.add_argument("--repeats", type=int, default=5, help="rounds for batch 1")
     g.add_argument("--batch-repeats", type=int, default=2, help="rounds for larger batches")
-    g.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
+    g.add_argument("--batches", type=_ints, default=[1, 4, 16], help="e.g. 1,4,16")
     g.add_argument(
         "--no-autocast-row",
         dest="autocast_row",
@@ -101,11 +105,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quick(options: argparse.Namespace) -> None:
-    options.repeats, options.batch_repeats, options.batches = 2, 1, [1, 4]
-    options.matmul_n = 1024
-    options.loss_t, options.loss_repeats = 512, 1
-    options.latency_repeats, options.proxy_requests = 2, 6
+QUICK = {
+    "repeats": 2,
+    "batch_repeats": 1,
+    "batches": [1, 4],
+    "matmul_n": 1024,
+    "loss_t": 512,
+    "loss_repeats": 1,
+    "latency_repeats": 2,
+    "proxy_requests": 6,
+}
+
+
+def _quick(options: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Small sizes for the options left at their defaults."""
+    for name, value in QUICK.items():
+        if getattr(options, name) == parser.get_default(name):
+            setattr(options, name, value)
 
 
 def _machine(options: argparse.Namespace) -> str:
@@ -121,13 +137,14 @@ def _machine(options: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = _parser().parse_args(argv)
+    parser = _parser()
+    options = parser.parse_args(argv)
     if options.quick:
-        _quick(options)
+        _quick(options, parser)
     selected = options.benchmarks or list(BENCHMARKS)
     unknown = sorted(set(selected) - set(BENCHMARKS))
     if unknown:
-        _parser().error(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}")
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}")
     import bench_latency
     import bench_loss
     import bench_proxy
@@ -142,9 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     machine = _machine(options)
     started = time.perf_counter()
     rows: list[m.Row] = []
+    for name in ("step", "loss"):
+        if name in selected:
+            rows += runners[name](options)
+    # vLLM keeps the CPU busy even when idle: it runs only for the benchmarks that use it.
     with vllm_for(options, selected) as vllm:
         options.vllm = vllm
-        for name in BENCHMARKS:
+        for name in ("latency", "proxy"):
             if name in selected:
                 rows += runners[name](options)
     minutes = (time.perf_counter() - started) / 60
