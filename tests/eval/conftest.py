@@ -9,29 +9,15 @@ exactly as a learning model's would, and every number is predictable.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from eval_support import shrinking_responder
 
 from claas import Learner, Settings
 from claas.eval import EvalConfig, LearnerTarget, compose
 from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
-from claas.types import AdapterVersion, ChatMessage
-
-SENTENCE = "This is one more detail about {topic}."
-
-
-def shrinking_answer(topic: str, version: int) -> str:
-    """Four sentences at version 0, one fewer per version, down to one."""
-    count = max(4 - version, 1)
-    return " ".join(SENTENCE.format(topic=topic) for _ in range(count))
-
-
-def shrinking_responder(messages: Sequence[ChatMessage], adapter: AdapterVersion | None) -> str:
-    """Answer with ``shrinking_answer`` for the adapter's version."""
-    version = adapter.version if adapter is not None else 0
-    return shrinking_answer(messages[-1].content.rstrip("?."), version)
 
 
 @pytest.fixture(autouse=True)

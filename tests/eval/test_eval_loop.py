@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import shrinking_responder
+from eval_support import shrinking_responder
 
 from claas import Learner, Settings
 from claas.errors import Conflict

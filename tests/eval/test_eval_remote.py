@@ -52,7 +52,7 @@ def test_a_remote_run_matches_the_in_process_run(
     assert [r["version"] for r in records] == [0, 1, 2, 3]
     assert records[-1]["metrics"]["compliance"] == 1.0
 
-    from conftest import shrinking_responder
+    from eval_support import shrinking_responder
 
     from claas import Settings
     from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
