@@ -42,7 +42,7 @@ from claas.inference._vllm_http import (
     teacher_lists,
     token_logprobs,
 )
-from claas.inference.base import Generation, TeacherTopKLists
+from claas.inference.base import Generation, TeacherTopKLists, check_generation_limits
 from claas.teacher import DistillSample
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
 
@@ -240,11 +240,7 @@ class VLLMCore:
         return reply
 
     def _check(self, sampling: SamplingParams) -> None:
-        if sampling.max_tokens > self.settings.max_new_tokens:
-            raise InvalidRequest(
-                f"max_tokens={sampling.max_tokens} exceeds the limit "
-                f"{self.settings.max_new_tokens} (Settings.max_new_tokens)"
-            )
+        check_generation_limits(self.settings, sampling)
 
     def generate(
         self,

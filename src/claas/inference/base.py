@@ -13,9 +13,49 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from claas.config import Settings
+from claas.errors import InvalidRequest, PayloadTooLarge
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
 
-__all__ = ["Generation", "InferenceBackend", "StreamDelta", "TeacherTopKLists"]
+__all__ = [
+    "Generation",
+    "InferenceBackend",
+    "StreamDelta",
+    "TeacherTopKLists",
+    "check_generation_limits",
+    "check_score_limits",
+]
+
+
+def check_generation_limits(
+    settings: Settings, sampling: SamplingParams, prompt_ids: Sequence[int] | None = None
+) -> None:
+    """Refuse a request over the configured limits (``prompt_ids`` when the backend has them).
+
+    Raises:
+        PayloadTooLarge: The prompt is longer than ``Settings.max_prompt_tokens``.
+        InvalidRequest: ``max_tokens`` exceeds ``Settings.max_new_tokens``.
+    """
+    if prompt_ids is not None and len(prompt_ids) > settings.max_prompt_tokens:
+        raise PayloadTooLarge(
+            f"the prompt is {len(prompt_ids)} tokens; the limit is "
+            f"{settings.max_prompt_tokens} (Settings.max_prompt_tokens)"
+        )
+    if sampling.max_tokens > settings.max_new_tokens:
+        raise InvalidRequest(
+            f"max_tokens={sampling.max_tokens} exceeds the limit "
+            f"{settings.max_new_tokens} (Settings.max_new_tokens)"
+        )
+
+
+def check_score_limits(
+    settings: Settings, prompt_ids: Sequence[int], response_ids: Sequence[int]
+) -> None:
+    """Refuse an empty or over-long sequence to score."""
+    if not response_ids:
+        raise InvalidRequest("nothing to score: the response has no tokens")
+    if len(prompt_ids) + len(response_ids) > settings.max_prompt_tokens * 2:
+        raise PayloadTooLarge("the sequence to score is too long")
 
 
 @attrs.frozen(kw_only=True)

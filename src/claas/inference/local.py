@@ -16,8 +16,13 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from claas.config import Settings
-from claas.errors import InvalidRequest, PayloadTooLarge
-from claas.inference.base import Generation, StreamDelta
+from claas.errors import InvalidRequest
+from claas.inference.base import (
+    Generation,
+    StreamDelta,
+    check_generation_limits,
+    check_score_limits,
+)
 from claas.models import load_model, load_tokenizer, resolve_device
 from claas.teacher import encode_chat
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
@@ -131,16 +136,7 @@ class LocalInference:
             self._loaded.clear()
 
     def _check_prompt(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
-        if len(prompt_ids) > self.settings.max_prompt_tokens:
-            raise PayloadTooLarge(
-                f"the prompt is {len(prompt_ids)} tokens; the limit is "
-                f"{self.settings.max_prompt_tokens} (Settings.max_prompt_tokens)"
-            )
-        if sampling.max_tokens > self.settings.max_new_tokens:
-            raise InvalidRequest(
-                f"max_tokens={sampling.max_tokens} exceeds the limit "
-                f"{self.settings.max_new_tokens} (Settings.max_new_tokens)"
-            )
+        check_generation_limits(self.settings, sampling, prompt_ids)
 
     def generate(
         self,
@@ -208,10 +204,7 @@ class LocalInference:
         """Logprob of each response token given the prompt (teacher forcing)."""
         import torch
 
-        if not response_ids:
-            raise InvalidRequest("nothing to score: the response has no tokens")
-        if len(prompt_ids) + len(response_ids) > self.settings.max_prompt_tokens * 2:
-            raise PayloadTooLarge("the sequence to score is too long")
+        check_score_limits(self.settings, prompt_ids, response_ids)
         ids = torch.tensor([[*prompt_ids, *response_ids]], device=self._device)
         with self._using(adapter) as model, torch.inference_mode():
             logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()

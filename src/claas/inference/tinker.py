@@ -17,8 +17,14 @@ from typing import Any
 
 from claas._tinker import TinkerCheckpoint, import_tinker, sample_teacher, service_call
 from claas.config import Settings
-from claas.errors import BackendUnavailable, InvalidRequest, PayloadTooLarge
-from claas.inference.base import Generation, StreamDelta, TeacherTopKLists
+from claas.errors import BackendUnavailable, InvalidRequest
+from claas.inference.base import (
+    Generation,
+    StreamDelta,
+    TeacherTopKLists,
+    check_generation_limits,
+    check_score_limits,
+)
 from claas.teacher import DistillSample, encode_chat
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
 
@@ -91,16 +97,7 @@ class TinkerInference:
         return sampler
 
     def _check(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
-        if len(prompt_ids) > self.settings.max_prompt_tokens:
-            raise PayloadTooLarge(
-                f"the prompt is {len(prompt_ids)} tokens; the limit is "
-                f"{self.settings.max_prompt_tokens} (Settings.max_prompt_tokens)"
-            )
-        if sampling.max_tokens > self.settings.max_new_tokens:
-            raise InvalidRequest(
-                f"max_tokens={sampling.max_tokens} exceeds the limit "
-                f"{self.settings.max_new_tokens} (Settings.max_new_tokens)"
-            )
+        check_generation_limits(self.settings, sampling, prompt_ids)
 
     def _generate(
         self, prompt_ids: list[int], adapter: AdapterVersion | None, sampling: SamplingParams
@@ -200,10 +197,7 @@ class TinkerInference:
         adapter: AdapterVersion | None,
     ) -> list[float]:
         """Logprob of each response token given the prompt, under the version's sampler."""
-        if not response_ids:
-            raise InvalidRequest("nothing to score: the response has no tokens")
-        if len(prompt_ids) + len(response_ids) > self.settings.max_prompt_tokens * 2:
-            raise PayloadTooLarge("the sequence to score is too long")
+        check_score_limits(self.settings, prompt_ids, response_ids)
         sampler = self._sampler(adapter)
         with service_call("scoring", BackendUnavailable):
             return self._score_with(sampler, prompt_ids, response_ids)
