@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -67,4 +68,7 @@ app.command(
 
 def main() -> None:
     """Entry point of the ``claas`` console script."""
+    # Deprecation notices between transformers and peft are for library authors,
+    # not for someone running a command.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
     app()
