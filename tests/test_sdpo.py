@@ -419,6 +419,18 @@ def test_teacher_topk_from_hidden_matches_full_logits(c: Case, k, chunk, bias) -
     assert sdpo.teacher_topk_from_hidden(hidden.float(), weight.float(), k).token_logprobs is None
 
 
+def test_teacher_topk_from_hidden_keeps_bfloat16_matmul_and_float32_softmax() -> None:
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 5, 8, generator=g).bfloat16()
+    weight = torch.randn(40, 8, generator=g).bfloat16()
+    got = sdpo.teacher_topk_from_hidden(hidden, weight, 6, chunk_size=3)
+    logits = torch.nn.functional.linear(hidden, weight)  # the bfloat16 matmul
+    ref = sdpo.teacher_topk(logits.float().log_softmax(-1), 6)
+    assert got.logprobs.dtype == torch.float32
+    assert torch.equal(got.ids, ref.ids)
+    torch.testing.assert_close(got.logprobs, ref.logprobs, rtol=0, atol=1e-6)
+
+
 def test_teacher_topk_is_descending_clamped_and_detached() -> None:
     q = torch.randn(2, 3, 5).log_softmax(-1).requires_grad_(True)
     ids = torch.randint(0, 5, (2, 3))

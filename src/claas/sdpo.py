@@ -156,7 +156,9 @@ def teacher_topk_from_hidden(
 ) -> TeacherTopK:
     """Top-K teacher from final hidden states, without materializing ``[B, T, V]``.
 
-    Logits are computed in float32 (float64 if an input is float64), C positions at a time.
+    Logits are computed C positions at a time in the inputs' promoted dtype, as
+    ``hidden @ W.T`` would (so bfloat16 inputs use a bfloat16 matmul); the log-softmax
+    runs in float32, or float64 if an input is float64.
 
     Args:
         hidden: ``[B, T, D]`` teacher hidden states before the LM head.
@@ -176,13 +178,14 @@ def teacher_topk_from_hidden(
     b, t, _ = _check_head(hidden, lm_head_weight, lm_head_bias)
     if sampled_ids is not None:
         _check_shape(sampled_ids, (b, t), "sampled_ids")
-    weight = lm_head_weight.to(_float_dtype(hidden, lm_head_weight))
+    weight = lm_head_weight
     h = hidden.flatten(0, 1)
     ids = torch.zeros(b * t, dtype=torch.long, device=h.device)
     ids = ids if sampled_ids is None else sampled_ids.flatten()
     parts: list[Any] = []
     for sl in _slices(max(b * t, 1), chunk_size):  # one (empty) chunk when B * T == 0
-        q = F.log_softmax(_linear(h[sl], weight, lm_head_bias), dim=-1)
+        logits = _linear(h[sl], weight, lm_head_bias)
+        q = F.log_softmax(logits, dim=-1, dtype=_float_dtype(logits))
         parts.append(teacher_topk(q[None], k, sampled_ids=ids[sl][None]))
     kk = min(k, weight.shape[0])
     logprobs, top_ids, token = (torch.cat(p, dim=1) for p in zip(*parts, strict=True))

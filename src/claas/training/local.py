@@ -58,6 +58,7 @@ class LocalTrainer:
         self._optimizer: torch.optim.AdamW | None = None
         self._loaded: tuple[str, int] | None = None
         self._pending: tuple[str, int] | None = None
+        self._head: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def _base_model(self) -> Any:
         if self._base is None:
@@ -87,15 +88,39 @@ class LocalTrainer:
                 bias="none",
                 task_type="CAUSAL_LM",
             )
+            # autocast_adapter_dtype: LoRA weights are float32 master weights even
+            # next to bfloat16 base layers.
             if self._peft is None:
-                self._peft = get_peft_model(self._base_model(), config, adapter_name=name)
+                self._peft = get_peft_model(
+                    self._base_model(), config, adapter_name=name, autocast_adapter_dtype=True
+                )
             else:
-                self._peft.add_adapter(name, config)
+                self._peft.add_adapter(name, config, autocast_adapter_dtype=True)
             self._slots[key] = name
+            if self.settings.autocast:
+                self._store_frozen_linear_in_bfloat16()
         self._peft.set_adapter(name)
         # Dropout stays off: the teacher shares these weights (FACTS §1).
         self._peft.eval()
         return name
+
+    def _store_frozen_linear_in_bfloat16(self) -> None:
+        """Hold the frozen base linear weights in bfloat16 (for autocast).
+
+        Autocast casts a weight that does not require grad to bfloat16 at every call;
+        storing the frozen weights in bfloat16 once gives the same matmuls without those
+        casts, in less memory. Embeddings (and an LM head tied to them) and norms keep
+        their dtype, as they would under autocast; LoRA weights are left alone.
+        """
+        base = self._peft.get_base_model()
+        embedding = base.get_input_embeddings().weight
+        for name, module in base.named_modules():
+            if (
+                isinstance(module, torch.nn.Linear)
+                and ".lora_" not in f".{name}"
+                and module.weight is not embedding
+            ):
+                module.to(torch.bfloat16)
 
     def _trainable(self, slot: str) -> list[tuple[str, torch.nn.Parameter]]:
         params = []
@@ -259,10 +284,23 @@ class LocalTrainer:
             return backbone(input_ids=ids, attention_mask=attention).last_hidden_state
 
     def _lm_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The output projection's float32 weight ``[V, D]`` and bias."""
+        """The frozen output projection's weight ``[V, D]`` and bias in the head's dtype.
+
+        Float32, or bfloat16 under autocast (the log-softmax after it is float32 either
+        way).
+        """
+        if self._head is not None:
+            return self._head
+        dtype = torch.bfloat16 if self.settings.autocast else torch.float32
         head = self._peft.get_base_model().get_output_embeddings()
         bias = getattr(head, "bias", None)
-        return head.weight.float(), bias.float() if bias is not None else None
+        weight = head.weight.detach().to(dtype)
+        cast = (weight, bias.detach().to(dtype) if bias is not None else None)
+        # The head is frozen, so a cast that is no larger than the weight is kept; a
+        # widening one (bfloat16 weights, float32 head) would hold 2x the head for good.
+        if weight.element_size() <= head.weight.element_size():
+            self._head = cast
+        return cast
 
     def _teacher_topk(self, batch: Batch, config: DistillConfig) -> sdpo.TeacherTopK:
         frozen = config.teacher == "base"
@@ -272,7 +310,7 @@ class LocalTrainer:
             hidden = self._hidden(batch.teacher_ids, batch.teacher_attention)
             picked = batch.gather(hidden, batch.teacher_positions)
             return sdpo.teacher_topk_from_hidden(
-                picked.float(),
+                picked.to(weight.dtype),
                 weight,
                 config.top_k,
                 sampled_ids=batch.response_ids,
@@ -286,8 +324,8 @@ class LocalTrainer:
             hidden = batch.gather(
                 self._hidden(batch.student_ids, batch.student_attention), batch.student_positions
             )
-            logits = torch.nn.functional.linear(hidden.float(), weight, bias)
-            logprobs = torch.log_softmax(logits, dim=-1)
+            logits = torch.nn.functional.linear(hidden.to(weight.dtype), weight, bias)
+            logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
             return logprobs.gather(-1, batch.response_ids[..., None])[..., 0]
 
     def _loss(
@@ -301,7 +339,7 @@ class LocalTrainer:
         hidden = self._hidden(batch.student_ids, batch.student_attention)
         picked = batch.gather(hidden, batch.student_positions)
         return sdpo.sdpo_loss_from_hidden(
-            picked.float(),
+            picked.to(weight.dtype),
             weight,
             teacher,
             batch.response_ids,
@@ -333,4 +371,5 @@ class LocalTrainer:
             self._peft = None
             self._base = None
             self._slots.clear()
+            self._head = None
             self._invalidate()
