@@ -1,22 +1,22 @@
 """Local inference with transformers + peft (CPU or GPU).
 
 The base model is loaded once. Adapter versions are loaded into one
-``PeftModel`` under their own names and kept in a bounded LRU cache, so a new
-version never reuses an old one's weights. Generation is a plain KV-cached
-decode loop that records the untempered logprob of every sampled token.
+``PeftModel``, in a bounded set of slots that a new version of the same LoRA
+shape reuses by copying its weights in (see ``_lora_slots``). Generation is a
+plain KV-cached decode loop that records the untempered logprob of every
+sampled token.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from claas.config import Settings
 from claas.errors import InvalidRequest
+from claas.inference._lora_slots import LoraSlots
 from claas.inference.base import (
     Generation,
     StreamDelta,
@@ -31,13 +31,6 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["LocalInference"]
-
-
-def _adapter_key(version: AdapterVersion) -> str:
-    # PEFT adapter names become module keys, which may not contain dots. The
-    # creation time keeps a deleted-and-recreated adapter's v0 from hitting the cache.
-    identity = f"{version.ref}:{version.created!r}"
-    return "v_" + hashlib.sha1(identity.encode()).hexdigest()[:16]
 
 
 class LocalInference:
@@ -55,10 +48,9 @@ class LocalInference:
         self.settings = settings
         self._model = model
         self._tokenizer = tokenizer
-        self._peft: Any = None
-        self._loaded: OrderedDict[str, AdapterVersion] = OrderedDict()
         self._lock = threading.RLock()
         self._device = resolve_device(settings.device)
+        self._slots = LoraSlots(self._base, settings.adapter_cache_size, self._device)
 
     @property
     def tokenizer(self) -> Any:
@@ -86,54 +78,36 @@ class LocalInference:
         """Hold the model lock with ``adapter`` active (or every adapter disabled)."""
         with self._lock:
             base = self._base()
+            peft = self._slots.model
             if adapter is None:
-                if self._peft is None:
+                if peft is None:
                     yield base
                 else:
-                    with self._peft.disable_adapter():
-                        yield self._peft
+                    with peft.disable_adapter():
+                        yield peft
                 return
-            key = self._load_adapter(adapter)
-            self._peft.set_adapter(key)
-            yield self._peft
-
-    def _load_adapter(self, adapter: AdapterVersion) -> str:
-        key = _adapter_key(adapter)
-        if key in self._loaded:
-            self._loaded.move_to_end(key)
-            return key
-        from peft import PeftModel
-
-        if self._peft is None:
-            self._peft = PeftModel.from_pretrained(self._base(), adapter.path, adapter_name=key)
-        else:
-            self._peft.load_adapter(adapter.path, adapter_name=key)
-        self._peft.eval()
-        self._loaded[key] = adapter
-        while len(self._loaded) > self.settings.adapter_cache_size:
-            old_key, _ = self._loaded.popitem(last=False)
-            self._peft.delete_adapter(old_key)
-        return key
+            name = self._slots.load(adapter)
+            self._slots.model.set_adapter(name)
+            yield self._slots.model
 
     def publish(self, version: AdapterVersion) -> None:
-        """Load ``version`` now so the next chat is served by it without delay."""
+        """Load ``version`` now so the next chat is served by it without delay.
+
+        It supersedes its adapter's earlier versions: one of their slots takes it.
+        """
         with self._lock:
-            self._load_adapter(version)
+            self._slots.load(version, supersedes=True)
 
     def retire(self, adapter_id: str) -> None:
-        """Unload every cached version of ``adapter_id``."""
+        """Unload every cached version of ``adapter_id`` (their slots are reused first)."""
         with self._lock:
-            for key, version in list(self._loaded.items()):
-                if version.adapter_id == adapter_id and len(self._loaded) > 1:
-                    self._peft.delete_adapter(key)
-                    del self._loaded[key]
+            self._slots.free(adapter_id)
 
     def close(self) -> None:
         """Drop the model and adapters."""
         with self._lock:
             self._model = None
-            self._peft = None
-            self._loaded.clear()
+            self._slots.clear()
 
     def _check_prompt(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
         check_generation_limits(self.settings, sampling, prompt_ids)

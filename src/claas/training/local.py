@@ -149,7 +149,10 @@ class LocalTrainer:
         from safetensors.torch import save_file
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        state = get_peft_model_state_dict(self._peft, adapter_name=slot)
+        # Only the LoRA tensors: the embeddings are the base model's, never trained.
+        state = get_peft_model_state_dict(
+            self._peft, adapter_name=slot, save_embedding_layers=False
+        )
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in state.items()}, out_dir / WEIGHTS_FILE
         )
