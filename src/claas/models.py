@@ -14,6 +14,7 @@ Nothing is loaded or downloaded at import time.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -34,7 +35,9 @@ __all__ = [
     "BUNDLED_MODELS",
     "BundledModel",
     "ModelInfo",
+    "autocast_context",
     "available_models",
+    "hold_linear_weights_in_bfloat16",
     "load_model",
     "load_tokenizer",
     "resolve_device",
@@ -212,6 +215,40 @@ def load_model(
     model.to(device)
     model.eval()
     return model
+
+
+def autocast_context(device: str, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 autocast on ``device`` when ``enabled``, else a no-op context."""
+    if not enabled:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+
+
+def hold_linear_weights_in_bfloat16(model: Any) -> None:
+    """Store a frozen model's linear weights in bfloat16, for bfloat16 autocast.
+
+    Autocast casts a weight that does not require grad to bfloat16 at every call (on
+    every decoded token, in every forward); holding the frozen linear weights in
+    bfloat16 once gives the same matmuls without those casts, in less memory.
+    An LM head tied to the input embeddings gets its own bfloat16 copy (the size of
+    the head in bfloat16); embeddings and norms keep their dtype, as they would under
+    autocast; LoRA layers (``lora_*`` modules) are left alone.
+    """
+    import torch
+
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is embedding:
+        head.weight = torch.nn.Parameter(embedding.detach().clone(), requires_grad=False)
+    for name, module in model.named_modules():
+        if (
+            isinstance(module, torch.nn.Linear)
+            and ".lora_" not in f".{name}"
+            and module.weight is not embedding
+        ):
+            module.to(torch.bfloat16)
 
 
 def available_models(*, models_dir: Path) -> list[ModelInfo]:

@@ -7,7 +7,6 @@ behaviour policy of the off-policy importance weight.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from claas.inference.base import Generation, StreamDelta
+from claas.models import autocast_context
 from claas.types import SamplingParams
 
 __all__ = ["decode_tokens", "eos_token_ids", "sample_token"]
@@ -59,12 +59,6 @@ def _cache_keyword(model: Any) -> str:
         if "cache" in inspect.signature(type(base).forward).parameters
         else "past_key_values"
     )
-
-
-def _autocast(device: str, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
 
 
 class _Detokenizer:
@@ -113,7 +107,7 @@ def decode_tokens(
 
     # The cache object is filled in place, whichever keyword this version expects.
     cache = {_cache_keyword(model): DynamicCache()}
-    with torch.inference_mode(), _autocast(device, autocast):
+    with torch.inference_mode(), autocast_context(device, autocast):
         for _ in range(sampling.max_tokens):
             out = model(input_ids=inputs, use_cache=True, **cache)
             logits = out.logits[0, -1].float()

@@ -23,7 +23,13 @@ from claas.inference.base import (
     check_generation_limits,
     check_score_limits,
 )
-from claas.models import load_model, load_tokenizer, resolve_device
+from claas.models import (
+    autocast_context,
+    hold_linear_weights_in_bfloat16,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 from claas.teacher import encode_chat
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
 
@@ -65,12 +71,15 @@ class LocalInference:
 
     def _base(self) -> Any:
         if self._model is None:
-            self._model = load_model(
+            model = load_model(
                 self.settings.base_model,
                 models_dir=self.settings.models_dir,
                 device=self._device,
                 dtype=self.settings.dtype,
             )
+            if self.settings.autocast:
+                hold_linear_weights_in_bfloat16(model)
+            self._model = model
         return self._model
 
     @contextlib.contextmanager
@@ -180,7 +189,8 @@ class LocalInference:
 
         check_score_limits(self.settings, prompt_ids, response_ids)
         ids = torch.tensor([[*prompt_ids, *response_ids]], device=self._device)
-        with self._using(adapter) as model, torch.inference_mode():
+        autocast = autocast_context(self._device, self.settings.autocast)
+        with self._using(adapter) as model, torch.inference_mode(), autocast:
             logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
         logprobs = _token_logprobs(logits, ids[0, len(prompt_ids) :])
         return [float(x) for x in logprobs]

@@ -23,7 +23,12 @@ from claas import sdpo
 from claas.config import Settings
 from claas.errors import NonFiniteUpdate, TrainingError
 from claas.inference.base import TeacherTopKLists
-from claas.models import load_model, resolve_device
+from claas.models import (
+    autocast_context,
+    hold_linear_weights_in_bfloat16,
+    load_model,
+    resolve_device,
+)
 from claas.teacher import DistillSample
 from claas.training._batch import Batch, collate, remote_teacher_topk
 from claas.types import AdapterVersion, DistillConfig, DistillResult, LoraSpec
@@ -98,29 +103,11 @@ class LocalTrainer:
                 self._peft.add_adapter(name, config, autocast_adapter_dtype=True)
             self._slots[key] = name
             if self.settings.autocast:
-                self._store_frozen_linear_in_bfloat16()
+                hold_linear_weights_in_bfloat16(self._peft.get_base_model())
         self._peft.set_adapter(name)
         # Dropout stays off: the teacher shares these weights (FACTS §1).
         self._peft.eval()
         return name
-
-    def _store_frozen_linear_in_bfloat16(self) -> None:
-        """Hold the frozen base linear weights in bfloat16 (for autocast).
-
-        Autocast casts a weight that does not require grad to bfloat16 at every call;
-        storing the frozen weights in bfloat16 once gives the same matmuls without those
-        casts, in less memory. Embeddings (and an LM head tied to them) and norms keep
-        their dtype, as they would under autocast; LoRA weights are left alone.
-        """
-        base = self._peft.get_base_model()
-        embedding = base.get_input_embeddings().weight
-        for name, module in base.named_modules():
-            if (
-                isinstance(module, torch.nn.Linear)
-                and ".lora_" not in f".{name}"
-                and module.weight is not embedding
-            ):
-                module.to(torch.bfloat16)
 
     def _trainable(self, slot: str) -> list[tuple[str, torch.nn.Parameter]]:
         params = []
@@ -275,15 +262,10 @@ class LocalTrainer:
         self._loaded = None
         self._optimizer = None
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.settings.autocast:
-            return torch.autocast(device_type=self._device.split(":")[0], dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _hidden(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         base = self._peft.get_base_model()
         backbone = getattr(base, base.base_model_prefix)
-        with self._autocast():
+        with autocast_context(self._device, self.settings.autocast):
             return backbone(input_ids=ids, attention_mask=attention).last_hidden_state
 
     def _lm_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:

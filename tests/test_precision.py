@@ -1,4 +1,4 @@
-"""The local engine's precision: float32 LoRA master weights, bfloat16 under autocast."""
+"""Precision of the local backends: float32 LoRA master weights; bfloat16 under autocast."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from claas import DistillConfig, LoraSpec, Settings
+from claas.inference.local import LocalInference
 from claas.models import load_tokenizer
 from claas.storage import LocalAdapterStore
 from claas.teacher import DistillSample, build_sample_from_text
 from claas.training.local import LocalTrainer
-from claas.types import AdapterVersion, ChatMessage
+from claas.types import AdapterVersion, ChatMessage, SamplingParams
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +79,11 @@ def test_autocast_stores_frozen_weights_in_bfloat16_and_trains_float32_lora(
     engine, v1, metrics = _first_update(autocast, sample)
     assert _dtypes(engine) == ({torch.float32}, {torch.bfloat16})
     base = engine._peft.get_base_model()
-    # The embedding (tied to the LM head here) and the norms keep float32, as under autocast.
-    assert base.get_input_embeddings().weight.dtype == torch.float32
+    # The embedding and the norms keep float32, as under autocast; the LM head (tied to
+    # the embedding in this model) gets its own bfloat16 copy.
+    embedding, head = base.get_input_embeddings().weight, base.get_output_embeddings().weight
+    assert embedding.dtype == torch.float32 and head.dtype == torch.bfloat16
+    assert torch.equal(head.float(), embedding.bfloat16().float())
     assert all(
         p.dtype == torch.float32 for n, p in base.named_parameters() if n.endswith("norm.weight")
     )
@@ -101,3 +105,23 @@ def test_autocast_stores_frozen_weights_in_bfloat16_and_trains_float32_lora(
         reference["first_distill_loss"], rel=0.1, abs=2e-3
     )
     assert torch.isfinite(torch.tensor(list(metrics.values()))).all()
+
+
+def test_autocast_inference_holds_bfloat16_weights_and_answers_like_float32(
+    settings: Settings, sample: DistillSample
+):
+    fp32 = LocalInference(settings)
+    bf16 = LocalInference(attrs.evolve(settings, autocast=True))
+    question = [ChatMessage("user", "What is the capital of France?")]
+    greedy = SamplingParams(max_tokens=16, temperature=0)
+    answer = bf16.generate(question, adapter=None, sampling=greedy)
+    assert "Paris" in answer.raw_text
+    linear = {m.weight.dtype for m in bf16._base().modules() if isinstance(m, torch.nn.Linear)}
+    assert linear == {torch.bfloat16}
+    prompt = sample.student_ids[: sample.student_prompt_len]
+    want = fp32.score(prompt, sample.response_ids, adapter=None)
+    got = bf16.score(prompt, sample.response_ids, adapter=None)
+    assert got == pytest.approx(want, abs=0.25)
+    assert got != want  # really computed in bfloat16
+    fp32.close()
+    bf16.close()
