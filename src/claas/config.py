@@ -112,8 +112,10 @@ class Settings:
         training_engine: ``local``, ``tinker``, ``modal`` or ``fake``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         dtype: Weight dtype; ``auto`` is float32 on CPU and bfloat16 on GPU.
-        autocast: Run forward passes under bfloat16 autocast (faster on CPUs
-            with AVX-512 BF16 and on GPUs).
+        autocast: Compute in bfloat16 with float32 LoRA master weights: the
+            frozen linear weights (and the LM head) are held in bfloat16, norms,
+            embeddings and every log-softmax stay float32 (faster on CPUs with
+            AVX-512 BF16 or AMX and on GPUs).
         thinking: Enable the thinking mode of reasoning models (Qwen3) for
             student and teacher alike.
         teacher_template: How the feedback is shown to the teacher: a format
