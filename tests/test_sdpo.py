@@ -265,7 +265,13 @@ def test_chunked_equals_unchunked(c: Case, kw, teacher_kind, chunk, weighted) ->
 
 
 @SETTINGS
-@given(cases(), LOSS_KW, st.sampled_from(["full", "topk"]), st.integers(1, 4), st.booleans())
+@given(
+    cases(),
+    LOSS_KW,
+    st.sampled_from(["full", "topk"]),
+    st.sampled_from([1, 2, 3, 4, 10_000]),  # 10_000: one chunk, logits kept for backward
+    st.booleans(),
+)
 def test_from_hidden_equals_logits_path(c: Case, kw, teacher_kind, chunk, bias) -> None:
     b, t, v = c.dims
     g = torch.Generator().manual_seed(1)
@@ -500,6 +506,27 @@ def test_from_hidden_never_builds_full_float32_logits() -> None:
         loss.backward()
         sdpo.teacher_topk_from_hidden(hidden.detach(), weight.detach(), 3, chunk_size=c)
     assert mode.largest <= max(c * v, v * d, b * t * d)
+
+
+@pytest.mark.parametrize(("chunk", "head_passes"), [(2, 3), (256, 2)])
+def test_one_chunk_keeps_its_logits_instead_of_recomputing(chunk: int, head_passes: int) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    b, t, v, d = 2, 8, 50, 16
+    hidden = torch.randn(b, t, d, requires_grad=True)
+    weight = torch.randn(v, d)  # frozen: the head costs forward + input gradient
+    top = sdpo.teacher_topk(torch.randn(b, t, v).log_softmax(-1), 3)
+    ids, mask = torch.randint(0, v, (b, t)), torch.ones(b, t)
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = sdpo.sdpo_loss_from_hidden(hidden, weight, top, ids, mask, chunk_size=chunk)
+        loss.backward()
+    assert counter.get_total_flops() == head_passes * 2 * b * t * d * v
+    # Both ways give the same gradient.
+    grad = hidden.grad.clone()
+    hidden.grad = None
+    loss, _ = sdpo.sdpo_loss_from_hidden(hidden, weight, top, ids, mask, chunk_size=3)
+    loss.backward()
+    torch.testing.assert_close(hidden.grad, grad)
 
 
 class _FullSizeStorages(TorchDispatchMode):

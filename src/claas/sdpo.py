@@ -33,7 +33,7 @@ float32 log-softmax exists for at most C positions at a time, in forward and bac
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial, reduce
 from typing import Any, NamedTuple
 
@@ -507,17 +507,27 @@ class _ChunkedTopK(torch.autograd.Function):
     ``g = a dd/ds_K``, the gradient of a row is
     ``scatter(g at the K ids) + b onehot(y) - p (sum(g) + b)``: backward builds one
     ``[C, V]`` tensor per chunk and runs autograd only on ``[C, K]`` (and the LM head).
+    When every row fits in one chunk, forward keeps that chunk's logits and their LM
+    head graph for backward instead of recomputing them: the same peak, one head
+    matmul fewer (a feedback step on a chat answer is usually one chunk).
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, o: _Options, q_K: Tensor, q_ids: Tensor, ids: Tensor, x: Tensor, *head: Tensor
     ) -> tuple[Tensor, Tensor]:
-        ctx.o = o
+        ctx.o, ctx.kept = o, None
         dtype = _float_dtype(q_K, x, *head)
         d, s_tok, lse, s_K = [], [], [], []
-        for sl in _slices(ids.numel(), o.chunk_size or ids.numel()):
-            z = _linear(x[sl], *head) if head else x[sl]
+        slices = list(_slices(ids.numel(), o.chunk_size or ids.numel()))
+        keep = bool(head) and len(slices) == 1 and any(ctx.needs_input_grad[4:])
+        for sl in slices:
+            if keep:
+                with torch.enable_grad():
+                    ctx.kept = _head_graph(x, head, sl, ctx.needs_input_grad[4:])
+                z = ctx.kept[1].detach()
+            else:
+                z = _linear(x[sl], *head) if head else x[sl]
             norm = torch.logsumexp(z.to(dtype), dim=-1, keepdim=True)
             picked = z.gather(-1, torch.cat([q_ids[sl], ids[sl, None]], -1)).to(dtype) - norm
             d.append(_on_support(picked[:, :-1], q_K[sl].to(dtype), o.alpha, o.add_tail))
@@ -541,9 +551,13 @@ class _ChunkedTopK(torch.autograd.Function):
                 leaf = s_K[sl].detach().requires_grad_(True)
                 d = _on_support(leaf, q_K[sl].to(lse.dtype), o.alpha, o.add_tail)
                 (g,) = torch.autograd.grad(d, leaf, grad_d[sl].to(lse.dtype))
-                leaves = [t[sl] if i == 0 else t for i, t in enumerate((x, *head))]
-                leaves = [t.detach().requires_grad_(w) for t, w in zip(leaves, wanted, strict=True)]
-                z = _linear(*leaves) if head else leaves[0]
+                if ctx.kept is not None:
+                    (leaves, z), ctx.kept = ctx.kept, None
+                elif head:
+                    leaves, z = _head_graph(x, head, sl, wanted)
+                else:
+                    leaves = [x[sl].detach().requires_grad_(wanted[0])]
+                    z = leaves[0]
             b = grad_tok[sl].to(lse.dtype)
             grad_z = (z.detach().to(lse.dtype) - lse[sl]).exp_().mul_(-(g.sum(-1) + b)[:, None])
             grad_z.scatter_add_(-1, q_ids[sl], g).scatter_add_(-1, ids[sl, None], b[:, None])
@@ -559,6 +573,14 @@ class _ChunkedTopK(torch.autograd.Function):
                 if total is not None:
                     total += next(found)
         return (None, None, None, None, grad_x, *grad_head)
+
+
+def _head_graph(
+    x: Tensor, head: Sequence[Tensor], sl: slice, wanted: Sequence[bool]
+) -> tuple[list[Tensor], Tensor]:
+    """Logits of rows ``sl`` from detached leaves that require grad where ``wanted``."""
+    leaves = [t.detach().requires_grad_(w) for t, w in zip((x[sl], *head), wanted, strict=True)]
+    return leaves, _linear(*leaves)
 
 
 def _aggregate(d: Tensor, s_tok: Tensor, mask: Tensor, o: _Options) -> tuple[Tensor, dict]:

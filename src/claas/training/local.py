@@ -161,7 +161,12 @@ class LocalTrainer:
             result = set_peft_model_state_dict(self._peft, weights, adapter_name=slot)
             if getattr(result, "unexpected_keys", None):
                 raise TrainingError(f"version {parent.ref} does not fit the model's LoRA layers")
-            self._optimizer = torch.optim.AdamW([p for _, p in params], lr=config.learning_rate)
+            # The fused kernel updates all LoRA tensors in one call (CPU and CUDA);
+            # the loop it replaces is hundreds of small ops per step.
+            fused = self._device.split(":")[0] in ("cpu", "cuda") or None
+            self._optimizer = torch.optim.AdamW(
+                [p for _, p in params], lr=config.learning_rate, fused=fused
+            )
             state_file = Path(parent.path) / OPTIMIZER_FILE
             if state_file.exists():
                 saved = torch.load(state_file, map_location=self._device, weights_only=True)
