@@ -146,3 +146,32 @@ def test_empty_optional_env_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -
     settings = Settings.load()
     assert settings.model_cache_dir is None and settings.vllm_url is None
     assert settings.models_dir == settings.data_dir / "models"
+
+
+@pytest.mark.parametrize(
+    ("backend", "engine", "field"),
+    [
+        ("local", "tinker", "training_engine"),
+        ("vllm", "tinker", "training_engine"),
+        ("tinker", "local", "inference_backend"),
+        ("tinker", "modal", "inference_backend"),
+    ],
+)
+def test_tinker_versions_are_served_only_by_tinker(backend: str, engine: str, field: str) -> None:
+    with pytest.raises(InvalidConfig, match=f"Settings.{field}=.*tinker"):
+        Settings(inference_backend=backend, training_engine=engine)
+
+
+@pytest.mark.parametrize(
+    ("backend", "engine"),
+    [
+        ("tinker", "tinker"),
+        ("vllm", "modal"),
+        ("local", "local"),
+        ("fake", "tinker"),
+        ("mine", "tinker"),
+    ],
+)
+def test_compatible_or_third_party_pairs_are_accepted(backend: str, engine: str) -> None:
+    settings = Settings(inference_backend=backend, training_engine=engine)
+    assert (settings.inference_backend, settings.training_engine) == (backend, engine)

@@ -185,6 +185,31 @@ class Settings:
         if not isinstance(value, str) or not value.strip():
             raise _error("base_model", value, "must be a non-empty model name")
 
+    @training_engine.validator
+    def _check_engine_serves_with_backend(
+        self, attribute: attrs.Attribute[str], value: str
+    ) -> None:
+        # A Tinker version is a record of service-side paths (its weights stay on the
+        # service); a local or Modal version is PEFT files. Third-party names may bridge.
+        tinker_engine, tinker_backend = value == "tinker", self.inference_backend == "tinker"
+        both_built_in = value in TRAINING_ENGINES and self.inference_backend in INFERENCE_BACKENDS
+        if both_built_in and "fake" not in (value, self.inference_backend):
+            if tinker_engine and not tinker_backend:
+                raise _error(
+                    "training_engine",
+                    value,
+                    "the tinker engine keeps each version's weights on the Tinker service, "
+                    "which only inference_backend='tinker' serves "
+                    f"(got inference_backend={self.inference_backend!r})",
+                )
+            if tinker_backend and not tinker_engine:
+                raise _error(
+                    "inference_backend",
+                    self.inference_backend,
+                    "the tinker backend serves only versions trained by "
+                    f"training_engine='tinker' (got training_engine={value!r})",
+                )
+
     @property
     def db_path(self) -> Path:
         """The embedded SQLite database."""
