@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from claas import LoraSpec, Settings
+from claas import LoraSpec, Settings, StorageError
 from claas.inference.local import LocalInference
 from claas.models import load_tokenizer
 from claas.storage import LocalAdapterStore
@@ -171,5 +171,19 @@ def test_an_unreadable_version_changes_nothing(
     weights.write_bytes(weights.read_bytes()[:1000])  # a torn file
     with pytest.raises(SafetensorError):
         inference.publish(broken)
+    assert [v.ref for v in inference._slots.resident()] == [served.ref]
+    _assert_serves(world, inference, reference, served)
+
+
+def test_a_version_without_peft_files_is_a_storage_error(
+    world: World, reference: LocalInference
+) -> None:
+    inference = _cache(world, 2)
+    served = world.version("t/not-peft")
+    _assert_serves(world, inference, reference, served)
+    other = world.version("t/not-peft")
+    (Path(other.path) / "adapter_config.json").unlink()
+    with pytest.raises(StorageError, match=r"adapter_config\.json"):
+        inference.publish(other)
     assert [v.ref for v in inference._slots.resident()] == [served.ref]
     _assert_serves(world, inference, reference, served)

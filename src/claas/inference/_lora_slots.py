@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from claas.errors import StorageError
 from claas.types import AdapterVersion
 
 __all__ = ["LoraSlots", "version_key"]
@@ -102,6 +103,11 @@ class LoraSlots:
 
     def _fill(self, version: AdapterVersion, supersedes: bool) -> _Slot:
         path = Path(version.path)
+        if not (path / CONFIG_FILE).is_file():
+            raise StorageError(
+                f"version {version.ref} has no {CONFIG_FILE}: it is not a PEFT adapter "
+                "that local inference can load"
+            )
         config = json.loads((path / CONFIG_FILE).read_text())
         slot = self._reusable(version, config, supersedes)
         if slot is None or not self._overwrite(slot, path):
