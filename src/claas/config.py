@@ -190,25 +190,25 @@ class Settings:
         self, attribute: attrs.Attribute[str], value: str
     ) -> None:
         # A Tinker version is a record of service-side paths (its weights stay on the
-        # service); a local or Modal version is PEFT files. Third-party names may bridge.
-        tinker_engine, tinker_backend = value == "tinker", self.inference_backend == "tinker"
-        both_built_in = value in TRAINING_ENGINES and self.inference_backend in INFERENCE_BACKENDS
-        if both_built_in and "fake" not in (value, self.inference_backend):
-            if tinker_engine and not tinker_backend:
-                raise _error(
-                    "training_engine",
-                    value,
-                    "the tinker engine keeps each version's weights on the Tinker service, "
-                    "which only inference_backend='tinker' serves "
-                    f"(got inference_backend={self.inference_backend!r})",
-                )
-            if tinker_backend and not tinker_engine:
-                raise _error(
-                    "inference_backend",
-                    self.inference_backend,
-                    "the tinker backend serves only versions trained by "
-                    f"training_engine='tinker' (got training_engine={value!r})",
-                )
+        # service); a local or Modal version is PEFT files. Fakes and third-party
+        # names may bridge, so only the built-in pairs are checked.
+        engine_on_tinker = value == "tinker"
+        backend_on_tinker = self.inference_backend == "tinker"
+        other = self.inference_backend if engine_on_tinker else value
+        if engine_on_tinker == backend_on_tinker or other not in ("local", "vllm", "modal"):
+            return
+        field, given = (
+            ("training_engine", value)
+            if engine_on_tinker
+            else ("inference_backend", self.inference_backend)
+        )
+        raise _error(
+            field,
+            given,
+            "Tinker-trained versions keep their weights on the Tinker service, so "
+            "training_engine='tinker' and inference_backend='tinker' go together "
+            f"(got inference_backend={self.inference_backend!r}, training_engine={value!r})",
+        )
 
     @property
     def db_path(self) -> Path:

@@ -37,7 +37,6 @@ __all__ = [
     "ModelInfo",
     "autocast_context",
     "available_models",
-    "hold_linear_weights_in_bfloat16",
     "load_model",
     "load_tokenizer",
     "resolve_device",
@@ -204,9 +203,18 @@ def load_tokenizer(name: str, *, models_dir: Path) -> PreTrainedTokenizerBase:
 
 
 def load_model(
-    name: str, *, models_dir: Path, device: str = "cpu", dtype: str = "auto"
+    name: str,
+    *,
+    models_dir: Path,
+    device: str = "cpu",
+    dtype: str = "auto",
+    autocast: bool = False,
 ) -> PreTrainedModel:
-    """Load a base model in eval mode on ``device`` with ``dtype`` weights."""
+    """Load a base model in eval mode on ``device`` with ``dtype`` weights.
+
+    With ``autocast`` (the model will run under bfloat16 autocast), its linear
+    weights are held in bfloat16 (see :func:`_hold_linear_weights_in_bfloat16`).
+    """
     transformers = _import_transformers()
     source = resolve_model_dir(name, models_dir=models_dir)
     model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -214,6 +222,8 @@ def load_model(
     )
     model.to(device)
     model.eval()
+    if autocast:
+        _hold_linear_weights_in_bfloat16(model)
     return model
 
 
@@ -226,15 +236,16 @@ def autocast_context(device: str, enabled: bool) -> contextlib.AbstractContextMa
     return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
 
 
-def hold_linear_weights_in_bfloat16(model: Any) -> None:
-    """Store a frozen model's linear weights in bfloat16, for bfloat16 autocast.
+def _hold_linear_weights_in_bfloat16(model: Any) -> None:
+    """Store a frozen base model's linear weights in bfloat16, for bfloat16 autocast.
 
     Autocast casts a weight that does not require grad to bfloat16 at every call (on
     every decoded token, in every forward); holding the frozen linear weights in
     bfloat16 once gives the same matmuls without those casts, in less memory.
     An LM head tied to the input embeddings gets its own bfloat16 copy (the size of
     the head in bfloat16); embeddings and norms keep their dtype, as they would under
-    autocast; LoRA layers (``lora_*`` modules) are left alone.
+    autocast. LoRA layers injected later are float32 master weights (PEFT's
+    ``autocast_adapter_dtype``).
     """
     import torch
 
@@ -242,12 +253,8 @@ def hold_linear_weights_in_bfloat16(model: Any) -> None:
     head = model.get_output_embeddings()
     if head is not None and head.weight is embedding:
         head.weight = torch.nn.Parameter(embedding.detach().clone(), requires_grad=False)
-    for name, module in model.named_modules():
-        if (
-            isinstance(module, torch.nn.Linear)
-            and ".lora_" not in f".{name}"
-            and module.weight is not embedding
-        ):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight is not embedding:
             module.to(torch.bfloat16)
 
 

@@ -472,16 +472,11 @@ class _Chunked(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_d: Tensor, grad_tok: Tensor) -> tuple[Tensor | None, ...]:
         ids, x, *head = ctx.saved_tensors
-        inputs = (x, *head)
         wanted = ctx.needs_input_grad[4:]
-        grad_x = torch.empty_like(x) if wanted[0] else None
-        grad_head = [
-            torch.zeros_like(p) if w else None for p, w in zip(head, wanted[1:], strict=True)
-        ]
+        grad_x, grad_head = _grad_buffers(x, head, wanted)
         for sl in _slices(ids.numel(), ctx.size):
             with torch.enable_grad():
-                leaves = [t[sl] if i == 0 else t for i, t in enumerate(inputs)]
-                leaves = [t.detach().requires_grad_(w) for t, w in zip(leaves, wanted, strict=True)]
+                leaves = _chunk_leaves(x, head, sl, wanted)
                 outputs = ctx.fn(leaves[0], _rows(ctx.teacher, sl), ids[sl], *leaves[1:])
                 grads = torch.autograd.grad(
                     outputs,
@@ -489,12 +484,7 @@ class _Chunked(torch.autograd.Function):
                     (grad_d[sl], grad_tok[sl]),
                     materialize_grads=True,
                 )
-            found = iter(grads)
-            if grad_x is not None:
-                grad_x[sl] = next(found)
-            for total in grad_head:
-                if total is not None:
-                    total += next(found)
+            _add_chunk_grads(grads, sl, grad_x, grad_head)
         return (None, None, None, None, grad_x, *grad_head)
 
 
@@ -542,10 +532,7 @@ class _ChunkedTopK(torch.autograd.Function):
     def backward(ctx: Any, grad_d: Tensor, grad_tok: Tensor) -> tuple[Tensor | None, ...]:
         q_K, q_ids, ids, x, lse, s_K, *head = ctx.saved_tensors
         o, wanted = ctx.o, ctx.needs_input_grad[4:]
-        grad_x = torch.empty_like(x) if wanted[0] else None
-        grad_head = [
-            torch.zeros_like(p) if w else None for p, w in zip(head, wanted[1:], strict=True)
-        ]
+        grad_x, grad_head = _grad_buffers(x, head, wanted)
         for sl in _slices(ids.numel(), o.chunk_size or ids.numel()):
             with torch.enable_grad():
                 leaf = s_K[sl].detach().requires_grad_(True)
@@ -556,8 +543,7 @@ class _ChunkedTopK(torch.autograd.Function):
                 elif head:
                     leaves, z = _head_graph(x, head, sl, wanted)
                 else:
-                    leaves = [x[sl].detach().requires_grad_(wanted[0])]
-                    z = leaves[0]
+                    z = x[sl]
             b = grad_tok[sl].to(lse.dtype)
             grad_z = (z.detach().to(lse.dtype) - lse[sl]).exp_().mul_(-(g.sum(-1) + b)[:, None])
             grad_z.scatter_add_(-1, q_ids[sl], g).scatter_add_(-1, ids[sl, None], b[:, None])
@@ -566,21 +552,46 @@ class _ChunkedTopK(torch.autograd.Function):
                     grad_x[sl] = grad_z
                 continue
             needed = [t for t in leaves if t.requires_grad]
-            found = iter(torch.autograd.grad(z, needed, grad_z.to(z.dtype)))
-            if grad_x is not None:
-                grad_x[sl] = next(found)
-            for total in grad_head:
-                if total is not None:
-                    total += next(found)
+            _add_chunk_grads(
+                torch.autograd.grad(z, needed, grad_z.to(z.dtype)), sl, grad_x, grad_head
+            )
         return (None, None, None, None, grad_x, *grad_head)
+
+
+def _chunk_leaves(
+    x: Tensor, head: Sequence[Tensor], sl: slice, wanted: Sequence[bool]
+) -> list[Tensor]:
+    """Rows ``sl`` of ``x`` and the head, detached, requiring grad where ``wanted``."""
+    return [t.detach().requires_grad_(w) for t, w in zip((x[sl], *head), wanted, strict=True)]
 
 
 def _head_graph(
     x: Tensor, head: Sequence[Tensor], sl: slice, wanted: Sequence[bool]
 ) -> tuple[list[Tensor], Tensor]:
-    """Logits of rows ``sl`` from detached leaves that require grad where ``wanted``."""
-    leaves = [t.detach().requires_grad_(w) for t, w in zip((x[sl], *head), wanted, strict=True)]
+    """Logits of rows ``sl``, with their graph back to :func:`_chunk_leaves`."""
+    leaves = _chunk_leaves(x, head, sl, wanted)
     return leaves, _linear(*leaves)
+
+
+def _grad_buffers(
+    x: Tensor, head: Sequence[Tensor], wanted: Sequence[bool]
+) -> tuple[Tensor | None, list[Tensor | None]]:
+    """One gradient buffer for ``x`` (filled chunk by chunk) and one per head tensor."""
+    grad_x = torch.empty_like(x) if wanted[0] else None
+    grad_head = [torch.zeros_like(p) if w else None for p, w in zip(head, wanted[1:], strict=True)]
+    return grad_x, grad_head
+
+
+def _add_chunk_grads(
+    grads: Sequence[Tensor], sl: slice, grad_x: Tensor | None, grad_head: list[Tensor | None]
+) -> None:
+    """Write a chunk's input gradient into rows ``sl``; add its head gradients."""
+    found = iter(grads)
+    if grad_x is not None:
+        grad_x[sl] = next(found)
+    for total in grad_head:
+        if total is not None:
+            total += next(found)
 
 
 def _aggregate(d: Tensor, s_tok: Tensor, mask: Tensor, o: _Options) -> tuple[Tensor, dict]:

@@ -20,6 +20,7 @@ from tinker import types
 from claas import Settings
 from claas.inference._decode import eos_token_ids
 from claas.models import load_model, load_tokenizer
+from claas.training.local import lora_parameters
 
 FAKE_LORA_ALPHA = 32.0
 _ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -143,13 +144,7 @@ class FakeTinkerModel:
 
     def parameters(self, slot: str) -> list[tuple[str, torch.nn.Parameter]]:
         """The slot's LoRA parameters (made trainable; every other one frozen)."""
-        found = []
-        for key, param in self.peft.named_parameters():
-            mine = f".{slot}." in key
-            param.requires_grad_(mine)
-            if mine:
-                found.append((key, param))
-        return found
+        return lora_parameters(self.peft, slot)
 
     def weights(self, slot: str) -> dict[str, torch.Tensor]:
         return {

@@ -103,12 +103,13 @@ class LoraSlots:
 
     def _fill(self, version: AdapterVersion, supersedes: bool) -> _Slot:
         path = Path(version.path)
-        if not (path / CONFIG_FILE).is_file():
+        try:
+            config = json.loads((path / CONFIG_FILE).read_text())
+        except FileNotFoundError as exc:
             raise StorageError(
                 f"version {version.ref} has no {CONFIG_FILE}: it is not a PEFT adapter "
                 "that local inference can load"
-            )
-        config = json.loads((path / CONFIG_FILE).read_text())
+            ) from exc
         slot = self._reusable(version, config, supersedes)
         if slot is None or not self._overwrite(slot, path):
             slot = self._inject(path, config)

@@ -25,7 +25,6 @@ from claas.inference.base import (
 )
 from claas.models import (
     autocast_context,
-    hold_linear_weights_in_bfloat16,
     load_model,
     load_tokenizer,
     resolve_device,
@@ -44,7 +43,8 @@ class LocalInference:
 
     Args:
         settings: Model name, device, dtype, cache size and limits.
-        model: An already loaded base model to use instead of loading one.
+        model: An already loaded base model to use instead of loading one (from
+            ``load_model(..., autocast=settings.autocast)``).
         tokenizer: Its tokenizer.
     """
 
@@ -71,15 +71,13 @@ class LocalInference:
 
     def _base(self) -> Any:
         if self._model is None:
-            model = load_model(
+            self._model = load_model(
                 self.settings.base_model,
                 models_dir=self.settings.models_dir,
                 device=self._device,
                 dtype=self.settings.dtype,
+                autocast=self.settings.autocast,
             )
-            if self.settings.autocast:
-                hold_linear_weights_in_bfloat16(model)
-            self._model = model
         return self._model
 
     @contextlib.contextmanager

@@ -25,7 +25,6 @@ from claas.errors import NonFiniteUpdate, TrainingError
 from claas.inference.base import TeacherTopKLists
 from claas.models import (
     autocast_context,
-    hold_linear_weights_in_bfloat16,
     load_model,
     resolve_device,
 )
@@ -33,7 +32,7 @@ from claas.teacher import DistillSample
 from claas.training._batch import Batch, collate, remote_teacher_topk
 from claas.types import AdapterVersion, DistillConfig, DistillResult, LoraSpec
 
-__all__ = ["LocalTrainer"]
+__all__ = ["LocalTrainer", "lora_parameters"]
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -43,12 +42,24 @@ def _spec_key(lora: LoraSpec) -> str:
     return f"r{lora.rank}_a{lora.alpha:g}_d{lora.dropout:g}_" + "_".join(lora.target_modules)
 
 
+def lora_parameters(peft: Any, slot: str) -> list[tuple[str, torch.nn.Parameter]]:
+    """The LoRA parameters of adapter ``slot``, made trainable; every other one frozen."""
+    params = []
+    for name, param in peft.named_parameters():
+        mine = f".{slot}." in name
+        param.requires_grad_(mine)
+        if mine:
+            params.append((name, param))
+    return params
+
+
 class LocalTrainer:
     """Run SDPO updates on an in-process model.
 
     Args:
         settings: Model name, device and dtype.
-        model: An already loaded base model for this engine's exclusive use.
+        model: An already loaded base model for this engine's exclusive use (from
+            ``load_model(..., autocast=settings.autocast)``).
     """
 
     name = "local"
@@ -63,7 +74,6 @@ class LocalTrainer:
         self._optimizer: torch.optim.AdamW | None = None
         self._loaded: tuple[str, int] | None = None
         self._pending: tuple[str, int] | None = None
-        self._head: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def _base_model(self) -> Any:
         if self._base is None:
@@ -72,6 +82,7 @@ class LocalTrainer:
                 models_dir=self.settings.models_dir,
                 device=self._device,
                 dtype=self.settings.dtype,
+                autocast=self.settings.autocast,
             )
         return self._base
 
@@ -102,21 +113,10 @@ class LocalTrainer:
             else:
                 self._peft.add_adapter(name, config, autocast_adapter_dtype=True)
             self._slots[key] = name
-            if self.settings.autocast:
-                hold_linear_weights_in_bfloat16(self._peft.get_base_model())
         self._peft.set_adapter(name)
         # Dropout stays off: the teacher shares these weights (FACTS §1).
         self._peft.eval()
         return name
-
-    def _trainable(self, slot: str) -> list[tuple[str, torch.nn.Parameter]]:
-        params = []
-        for name, param in self._peft.named_parameters():
-            mine = f".{slot}." in name
-            param.requires_grad_(mine)
-            if mine:
-                params.append((name, param))
-        return params
 
     def init_adapter(self, lora: LoraSpec, out_dir: Path) -> None:
         """Write a fresh adapter (LoRA B = 0, so it equals the base model)."""
@@ -155,7 +155,7 @@ class LocalTrainer:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        params = self._trainable(slot)
+        params = lora_parameters(self._peft, slot)
         if self._loaded != (parent.adapter_id, parent.version) or self._optimizer is None:
             weights = load_file(str(Path(parent.path) / WEIGHTS_FILE), device=self._device)
             result = set_peft_model_state_dict(self._peft, weights, adapter_name=slot)
@@ -203,7 +203,7 @@ class LocalTrainer:
             slot = self._slot(lora)
             self._load_parent(parent, slot, config)
             batch = collate(samples, device=self._device)
-            params = [p for _, p in self._trainable(slot)]
+            params = [p for _, p in lora_parameters(self._peft, slot)]
             started = time.perf_counter()
             try:
                 metrics = self._run_steps(batch, config, params, remote_teacher)
@@ -216,7 +216,7 @@ class LocalTrainer:
                 self._invalidate()
                 raise TrainingError(f"the update failed: {exc}") from exc
             metrics["step_seconds"] = (time.perf_counter() - started) / config.steps
-            names = [n for n, _ in self._trainable(slot)]
+            names = [n for n, _ in lora_parameters(self._peft, slot)]
             assert self._optimizer is not None
             self._save(
                 slot,
@@ -276,21 +276,13 @@ class LocalTrainer:
     def _lm_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The frozen output projection's weight ``[V, D]`` and bias in the head's dtype.
 
-        Float32, or bfloat16 under autocast (the log-softmax after it is float32 either
-        way).
+        Float32, or bfloat16 under autocast, where ``load_model`` already holds it in
+        bfloat16 (the log-softmax after it is float32 either way).
         """
-        if self._head is not None:
-            return self._head
         dtype = torch.bfloat16 if self.settings.autocast else torch.float32
         head = self._peft.get_base_model().get_output_embeddings()
         bias = getattr(head, "bias", None)
-        weight = head.weight.detach().to(dtype)
-        cast = (weight, bias.detach().to(dtype) if bias is not None else None)
-        # The head is frozen, so a cast that is no larger than the weight is kept; a
-        # widening one (bfloat16 weights, float32 head) would hold 2x the head for good.
-        if weight.element_size() <= head.weight.element_size():
-            self._head = cast
-        return cast
+        return head.weight.detach().to(dtype), bias.detach().to(dtype) if bias is not None else None
 
     def _teacher_topk(self, batch: Batch, config: DistillConfig) -> sdpo.TeacherTopK:
         frozen = config.teacher == "base"
@@ -361,5 +353,4 @@ class LocalTrainer:
             self._peft = None
             self._base = None
             self._slots.clear()
-            self._head = None
             self._invalidate()

@@ -43,6 +43,7 @@ class WorkerBody:
             models_dir=settings.models_dir,
             device=resolve_device(settings.device),
             dtype=settings.dtype,
+            autocast=settings.autocast,
         )
         self.trainer = LocalTrainer(settings, model=model)
         # One update at a time: the trainer holds one set of LoRA weights in memory.
