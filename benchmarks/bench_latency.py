@@ -45,12 +45,13 @@ def measure_latency(
     """Child: ``rounds`` feedback-to-first-token measurements after one warm-up round."""
     m.set_threads(threads)
     from claas import Learner, Settings
+    from claas.config import VllmSettings
     from claas.types import DistillConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="claas-bench-latency-"))
     extra: dict[str, Any] = {"model_cache_dir": models_dir} if models_dir else {}
     if backend == "vllm":
-        extra["vllm_url"] = vllm_url
+        extra["vllm"] = VllmSettings(url=vllm_url)
     settings = Settings(data_dir=tmp, inference_backend=backend, **extra)
     messages = [{"role": "user", "content": QUESTION}]
     config = DistillConfig()

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from claas import DistillConfig, InvalidConfig, InvalidRequest, LoraSpec, SamplingParams, Settings
+from claas.config import ServerSettings, TinkerSettings, VllmSettings
 from claas.types import ChatMessage, messages_from_dicts
 
 
@@ -114,7 +115,8 @@ def test_settings_layers_file_env_and_arguments(
     assert settings.keep_versions == 5  # argument beats file
     assert settings.max_batch == 9  # env beats file
     assert settings.autocast is True and settings.device == "cpu"
-    assert settings.api_keys == {"secret-key-1": ("team-a", "team-b"), "secret-key-2": ("*",)}
+    keys = settings.server.api_keys
+    assert keys == {"secret-key-1": ("team-a", "team-b"), "secret-key-2": ("*",)}
 
 
 @pytest.mark.parametrize(
@@ -144,7 +146,7 @@ def test_empty_optional_env_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("CLAAS_MODEL_CACHE_DIR", "")
     monkeypatch.setenv("CLAAS_VLLM_URL", "")
     settings = Settings.load()
-    assert settings.model_cache_dir is None and settings.vllm_url is None
+    assert settings.model_cache_dir is None and settings.vllm.url is None
     assert settings.models_dir == settings.data_dir / "models"
 
 
@@ -175,3 +177,78 @@ def test_tinker_versions_are_served_only_by_tinker(backend: str, engine: str, fi
 def test_compatible_or_third_party_pairs_are_accepted(backend: str, engine: str) -> None:
     settings = Settings(inference_backend=backend, training_engine=engine)
     assert (settings.inference_backend, settings.training_engine) == (backend, engine)
+
+
+def test_sections_take_flat_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLAAS_VLLM_URL", "http://vllm.test:8000")
+    monkeypatch.setenv("CLAAS_VLLM_MAX_LORAS", "2")
+    monkeypatch.setenv("CLAAS_VLLM_SLEEP_DURING_TRAINING", "on")
+    monkeypatch.setenv("CLAAS_TINKER_LOSS", "cross_entropy")
+    monkeypatch.setenv("CLAAS_MODAL_APP", "claas-test")
+    monkeypatch.setenv("CLAAS_MAX_REQUEST_BYTES", "5000")
+    settings = Settings.load()
+    assert settings.vllm == VllmSettings(
+        url="http://vllm.test:8000", max_loras=2, sleep_during_training=True
+    )
+    assert settings.tinker.loss == "cross_entropy" and settings.modal.app == "claas-test"
+    assert settings.server.max_request_bytes == 5000
+
+
+def test_toml_takes_flat_keys_and_section_tables(tmp_path: Path) -> None:
+    config = tmp_path / "claas.toml"
+    config.write_text(
+        '[claas]\nvllm_url = "http://a.test"\nallow_remote_without_keys = true\n'
+        '[claas.vllm]\nmax_loras = 3\n[claas.tinker]\nloss = "cross_entropy"\n'
+        '[claas.api_keys]\n"secret-key-1" = ["team"]\n'
+    )
+    settings = Settings.load(config)
+    assert (settings.vllm.url, settings.vllm.max_loras) == ("http://a.test", 3)
+    assert settings.tinker.loss == "cross_entropy"
+    assert settings.server == ServerSettings(
+        api_keys={"secret-key-1": ("team",)}, allow_remote_without_keys=True
+    )
+    top_level = tmp_path / "top.toml"
+    top_level.write_text('[server]\nmax_request_bytes = 10\n[modal]\napp = "mine"\n')
+    loaded = Settings.load(top_level)
+    assert loaded.server.max_request_bytes == 10 and loaded.modal.app == "mine"
+
+
+def test_flat_and_nested_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLAAS_VLLM_TIMEOUT", "5")
+    settings = Settings.load(vllm_url="http://b.test", vllm={"max_loras": 7})
+    assert settings.vllm == VllmSettings(url="http://b.test", max_loras=7, timeout=5.0)
+    changed = settings.evolve(vllm_max_loras=1, tinker=TinkerSettings(loss="cross_entropy"))
+    assert changed.vllm.max_loras == 1 and changed.vllm.url == "http://b.test"
+    assert changed.tinker.loss == "cross_entropy"
+    replaced = settings.evolve(vllm=VllmSettings())
+    assert replaced.vllm == VllmSettings()
+    with pytest.raises(InvalidConfig, match="given twice"):
+        Settings.load(vllm_url="http://b.test", vllm={"url": "http://c.test"})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"vllm_max_loras": 0}, r"Settings\.vllm\.max_loras=0 is invalid: must be an integer"),
+        ({"vllm_timeout": "soon"}, r"Settings\.vllm\.timeout='soon' is invalid: must be a number"),
+        ({"vllm": {"timeout": -1.0}}, r"Settings\.vllm\.timeout=-1\.0 is invalid"),
+        ({"vllm_url": "vllm.test"}, r"Settings\.vllm\.url='vllm\.test' is invalid: must be"),
+        ({"tinker_loss": "mse"}, r"Settings\.tinker\.loss='mse' is invalid: must be one of"),
+        ({"modal_app": ""}, r"Settings\.modal\.app='' is invalid"),
+        ({"max_request_bytes": "0"}, r"Settings\.server\.max_request_bytes=0 is invalid"),
+        ({"api_keys": {"short": ["a"]}}, r"Settings\.server\.api_keys='<hidden>' is invalid"),
+        ({"vllm": {"colour": "blue"}}, r"unknown setting\(s\) \['colour'\] in \[vllm\]"),
+        ({"vllm": "http://x"}, r"Settings\.vllm='http://x' is invalid"),
+        ({"vllm_colour": "blue"}, r"unknown setting\(s\) \['vllm_colour'\]"),
+    ],
+)
+def test_section_errors_name_field_value_and_rule(values: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidConfig, match=message):
+        Settings.from_mapping(values)
+
+
+def test_constructor_takes_records_only() -> None:
+    with pytest.raises(InvalidConfig, match=r"Settings\.vllm=.*must be a VllmSettings"):
+        Settings(vllm={"url": "http://x.test"})  # type: ignore[arg-type]
+    secret = Settings(vllm=VllmSettings(api_key="sk-hidden"), server=ServerSettings())
+    assert "sk-hidden" not in repr(secret)

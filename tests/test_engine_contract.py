@@ -22,6 +22,7 @@ import torch
 
 from claas import DistillConfig, Learner, LoraSpec, NonFiniteUpdate, Settings
 from claas.models import load_tokenizer
+from claas.records import Records
 from claas.storage import LocalAdapterStore
 from claas.teacher import DistillSample, build_sample_from_text
 from claas.training import TrainingEngine
@@ -224,7 +225,8 @@ def test_a_second_update_continues_from_the_first_state(
 
 def test_learner_end_to_end(kit: Kit, tmp_path: Path) -> None:
     settings = kit.settings.evolve(data_dir=tmp_path / "learner")
-    learner = Learner(settings, engine=kit.engine, inference=kit.inference)
+    records = Records(settings.db_path)
+    learner = Learner(settings, engine=kit.engine, inference=kit.inference, records=records)
     try:
         learner.init_adapter("t/e2e", rank=8, alpha=16.0)
         question = [{"role": "user", "content": "Name a color."}]
@@ -236,4 +238,4 @@ def test_learner_end_to_end(kit: Kit, tmp_path: Path) -> None:
         assert {v.engine for v in versions} == {kit.engine.name}
         assert learner.chat("t/e2e", question, max_tokens=6, temperature=0).adapter_version == 1
     finally:
-        learner.records.close()  # the engine and backend belong to the module's kit
+        records.close()  # the engine and backend belong to the module's kit

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from claas import Learner, Settings
+import pytest
+
+from claas import InvalidConfig, Learner, Settings
 from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
 
 
@@ -41,13 +43,9 @@ def test_nothing_retired_means_no_call(tmp_path: Path) -> None:
     assert engine.deleted == []
 
 
-def test_engines_without_the_hook_still_work(tmp_path: Path) -> None:
+def test_an_engine_without_a_protocol_method_is_refused_at_once(tmp_path: Path) -> None:
     class OlderEngine(FakeTrainer):
         on_deleted = None  # an engine written before the hook existed
 
-    with _learner(tmp_path, OlderEngine(), keep_versions=1) as learner:
-        learner.init_adapter("t/a")
-        answer = learner.chat("t/a", [{"role": "user", "content": "hi"}])
-        learner.feedback(answer.id, "shorter")
-        learner.delete_adapter("t/a")
-        assert learner.adapters() == []
+    with pytest.raises(InvalidConfig, match=r"OlderEngine is not a TrainingEngine.*on_deleted"):
+        _learner(tmp_path, OlderEngine(), keep_versions=1)

@@ -52,8 +52,8 @@ def test_feedback_publishes_a_version_the_next_chat_uses(learner: Learner) -> No
     assert versions[1].distill_config["learning_rate"] == 1e-3
     event = learner.feedback_events("alice/helper")[0]
     assert event.status == "applied" and event.version == 1
-    lineage = learner.records.lineage("alice/helper")
-    assert [row["version"] for row in lineage] == [0, 1]
+    lineage = learner.lineage("alice/helper")
+    assert [row.version for row in lineage] == [0, 1]
 
 
 def test_adapter_files_are_peft_format_with_optimizer_state(learner: Learner) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from claas import AdapterNotFound, InvalidRequest, Learner, NonFiniteUpdate, Settings
+from claas.errors import StorageError
+from claas.records import Records
 from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
 
 Q = [{"role": "user", "content": "hello"}]
@@ -72,20 +74,21 @@ def test_interrupted_feedback_is_replayed(tmp_path: Path) -> None:
     first = _learner(tmp_path, FakeTrainer())
     first.init_adapter("t/r")
     answer = first.chat("t/r", Q)
-    first.records.add_feedback(
-        feedback_id="fb-lost", adapter_id="t/r", completion_id=answer.id, text="shorter"
-    )
     first.close()
+    with Records(first.settings.db_path) as crashed:  # what a process killed mid-update leaves
+        crashed.add_feedback(
+            feedback_id="fb-lost", adapter_id="t/r", completion_id=answer.id, text="shorter"
+        )
     second = _learner(tmp_path, FakeTrainer())
     assert [e.id for e in second.interrupted_feedback()] == ["fb-lost"]
     results = second.resume_interrupted()
     assert [r.version for r in results] == [1]
-    assert second.records.get_feedback("fb-lost").status == "failed"
+    assert second.feedback_event("fb-lost").status == "failed"
     assert second.interrupted_feedback() == []
 
 
 def test_one_update_per_adapter_and_batch_limits(fake_learner: Learner) -> None:
-    from claas.types import Feedback
+    from claas.types import CompletionFeedback
 
     fake_learner.init_adapter("t/x")
     fake_learner.init_adapter("t/y")
@@ -93,10 +96,16 @@ def test_one_update_per_adapter_and_batch_limits(fake_learner: Learner) -> None:
     y = fake_learner.chat("t/y", Q)
     with pytest.raises(InvalidRequest, match="one adapter"):
         fake_learner.feedback_batch(
-            [Feedback(text="a", completion_id=x.id), Feedback(text="b", completion_id=y.id)]
+            [
+                CompletionFeedback(completion_id=x.id, text="a"),
+                CompletionFeedback(completion_id=y.id, text="b"),
+            ]
         )
     result = fake_learner.feedback_batch(
-        [Feedback(text="a", completion_id=x.id), Feedback(text="b", completion_id=x.id)]
+        [
+            CompletionFeedback(completion_id=x.id, text="a"),
+            CompletionFeedback(completion_id=x.id, text="b"),
+        ]
     )
     assert result.version == 1 and len(result.feedback_ids) == 2
     with pytest.raises(InvalidRequest):
@@ -124,3 +133,56 @@ def test_streaming_with_the_fake_backend(fake_learner: Learner) -> None:
     assert stream.completion is not None and text.strip() == stream.completion.text
     with pytest.raises(InvalidRequest):
         fake_learner.chat_stream("t/s", [])
+
+
+class _LocalLikeBackend(FakeInference):
+    """A fake that, like the local backend, cannot score a remote teacher."""
+
+    name = "local-like"
+    teacher_topk = None  # type: ignore[assignment]
+
+
+def test_remote_teacher_on_a_backend_without_it_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    learner = Learner(
+        Settings(data_dir=tmp_path / "data"),
+        inference=_LocalLikeBackend(),
+        engine=FakeTrainer(),
+        tokenizer=FakeTokenizer(),
+    )
+    learner.init_adapter("t/remote")
+    answer = learner.chat("t/remote", Q)
+    with pytest.raises(InvalidRequest, match=r"teacher='remote'.*TeacherScorer.*'local-like'"):
+        learner.feedback(answer.id, "shorter", config={"teacher": "remote"})
+    assert learner.feedback_events("t/remote") == []
+    assert [v.version for v in learner.versions("t/remote")] == [0]
+    assert learner.feedback(answer.id, "shorter", config={"teacher": "base"}).version == 1
+
+
+def test_remote_teacher_is_scored_by_a_backend_that_can(fake_learner: Learner) -> None:
+    fake_learner.init_adapter("t/scored")
+    answer = fake_learner.chat("t/scored", Q)
+    result = fake_learner.feedback(answer.id, "shorter", config={"teacher": "remote"})
+    assert result.version == 1
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "dangling"])
+def test_damaged_latest_is_a_storage_error_never_the_newest_version(
+    fake_learner: Learner, damage: str
+) -> None:
+    fake_learner.init_adapter("t/ptr")
+    fake_learner.feedback(fake_learner.chat("t/ptr", Q).id, "shorter")
+    fake_learner.rollback("t/ptr", 0)
+    latest = fake_learner.settings.adapters_dir / "t" / "ptr" / "LATEST"
+    if damage == "missing":
+        latest.unlink()
+    else:
+        latest.write_text("{not json" if damage == "garbage" else '{"version": 7}')
+    with pytest.raises(StorageError, match=str(latest)):
+        fake_learner.current_version("t/ptr")
+    with pytest.raises(StorageError):
+        fake_learner.chat("t/ptr", Q)
+    (summary,) = fake_learner.adapter_summaries()
+    assert summary.live is None and str(latest) in (summary.error or "")
+    assert [v.version for v in fake_learner.versions("t/ptr")] == [0, 1]

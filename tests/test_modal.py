@@ -28,12 +28,12 @@ from claas import (
     MissingDependency,
     Settings,
 )
-from claas.inference.base import TeacherTopKLists
+from claas.config import ModalSettings
 from claas.storage import LocalAdapterStore
 from claas.teacher import DistillSample
 from claas.training import wire
 from claas.training.modal import KEY_FILE, ModalTrainer
-from claas.types import AdapterVersion
+from claas.types import AdapterVersion, TeacherTopKLists
 
 modal = pytest.importorskip("modal")
 pytest.importorskip("claas_modal")
@@ -259,7 +259,8 @@ def test_live_deploy_and_update(tmp_path: Path) -> None:
     deploy = [sys.executable, "-m", "modal", "deploy", "-m", "claas_modal.app"]
     subprocess.run(deploy, env=env, check=True, timeout=1800)
     try:
-        settings = Settings(data_dir=tmp_path, training_engine="modal", modal_app=name)
+        modal_settings = ModalSettings(app=name)
+        settings = Settings(data_dir=tmp_path, training_engine="modal", modal=modal_settings)
         with Learner(settings) as learner:
             learner.init_adapter("live/modal", rank=8)
             question = [{"role": "user", "content": "Name a color."}]
@@ -274,5 +275,6 @@ def test_live_deploy_and_update(tmp_path: Path) -> None:
 def test_settings_select_the_modal_engine(tmp_path: Path) -> None:
     from claas.registry import create_engine
 
-    engine = create_engine(Settings(data_dir=tmp_path, training_engine="modal", modal_app="x"))
+    app_settings = ModalSettings(app="x")
+    engine = create_engine(Settings(data_dir=tmp_path, training_engine="modal", modal=app_settings))
     assert isinstance(engine, ModalTrainer) and engine.name == "modal"

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from claas.errors import CompletionNotFound, Conflict, InvalidRequest, NotFound, StorageError
-from claas.records import FeedbackEvent, Records
+from claas.records import FeedbackEvent, LineageEntry, Records, RollbackEvent
 from claas.types import AdapterVersion, ChatMessage, Completion
 
 
@@ -164,23 +164,25 @@ def test_lineage_rollback_delete_and_stats(records: Records) -> None:
     records.add_version(version("team/other", 0, None))
     records.add_version(version("team/helper", 2, 1))  # recording twice is harmless
     lineage = records.lineage("team/helper")
-    assert [row["version"] for row in lineage] == [0, 1, 2]
-    assert lineage[2] == {
-        "adapter_id": "team/helper",
-        "version": 2,
-        "parent": 1,
-        "created": 1002.0,
-        "feedback_ids": ["fb-2"],
-        "metrics": {"loss": 1.0},
-    }
-    records.record_rollback("team/helper", 2, 0)
-    (event,) = records.events("team/helper")
-    assert (event["kind"], event["from_version"], event["to_version"]) == ("rollback", 2, 0)
+    assert [row.version for row in lineage] == [0, 1, 2]
+    assert lineage[2] == LineageEntry(
+        adapter_id="team/helper",
+        version=2,
+        parent=1,
+        created=1002.0,
+        feedback_ids=("fb-2",),
+        metrics={"loss": 1.0},
+    )
+    records.record_rollback("team/helper", 2, 0, created=5.0)
+    (event,) = records.rollbacks("team/helper")
+    assert event == RollbackEvent(
+        adapter_id="team/helper", from_version=2, to_version=0, created=5.0
+    )
     records.add_completion(completion())
     records.add_feedback(
         feedback_id="fb-1", adapter_id="team/helper", completion_id="chatcmpl-1", text="t"
     )
-    assert records.stats() == {
+    assert records.counts() == {
         "completions": 1,
         "feedback": 1,
         "feedback_queued": 1,
@@ -192,10 +194,10 @@ def test_lineage_rollback_delete_and_stats(records: Records) -> None:
         "rollbacks": 1,
     }
     records.delete_adapter("team/helper")
-    assert records.lineage("team/helper") == [] and records.events("team/helper") == []
+    assert records.lineage("team/helper") == [] and records.rollbacks("team/helper") == []
     assert records.get_completion("chatcmpl-1").adapter_id == "team/helper"
     assert records.get_feedback("fb-1").adapter_id == "team/helper"
-    assert records.stats()["versions"] == 1
+    assert records.counts()["versions"] == 1
 
 
 def test_restart_sees_everything(tmp_path: Path) -> None:
@@ -212,7 +214,7 @@ def test_restart_sees_everything(tmp_path: Path) -> None:
         assert second.get_completion("chatcmpl-1") == completion()
         assert [e.id for e in second.pending_feedback()] == ["fb-1"]
         assert second.get_feedback("fb-1").status == "running"
-        assert [row["version"] for row in second.lineage("team/helper")] == [0]
+        assert [row.version for row in second.lineage("team/helper")] == [0]
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
@@ -253,6 +255,26 @@ def test_concurrent_writers_from_threads(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    stats = Records(path).stats()
+    stats = Records(path).counts()
     assert (stats["completions"], stats["feedback_applied"], stats["versions"]) == (160, 160, 160)
     assert stats["adapters"] == 8
+
+
+def test_namespace_filter_is_exact_and_done_in_the_database(records: Records) -> None:
+    """'a_b' must not match 'axb' (LIKE would), and other tenants' volume cannot crowd out."""
+    for i in range(600):
+        records.add_feedback(
+            feedback_id=f"fb-x{i}", adapter_id="axb/n", completion_id=None, text="t"
+        )
+    records.add_feedback(feedback_id="fb-mine", adapter_id="a_b/n", completion_id=None, text="t")
+    records.add_feedback(feedback_id="fb-c", adapter_id="c/n", completion_id=None, text="t")
+    records.record_rollback("axb/n", 1, 0)
+    records.record_rollback("a_b/n", 2, 1)
+    mine = records.feedback_events(namespaces={"a_b"}, limit=5)
+    assert [e.id for e in mine] == ["fb-mine"]
+    both = records.feedback_events(namespaces=["a_b", "c"], limit=5)
+    assert {e.id for e in both} == {"fb-mine", "fb-c"}
+    assert records.feedback_events(namespaces=(), limit=5) == []
+    assert records.feedback_events("c/n", namespaces={"a_b"}) == []
+    assert [r.adapter_id for r in records.rollbacks(namespaces={"a_b"})] == ["a_b/n"]
+    assert len(records.feedback_events(limit=700)) == 602

@@ -619,3 +619,21 @@ def test_bad_arguments_of_the_small_functions_raise_value_error() -> None:
         sdpo.importance_weights(q[..., 0], q[..., 0], clip=-1.0)
     with pytest.raises(ValueError, match="lm_head_weight"):
         sdpo.teacher_topk_from_hidden(q, torch.zeros(5, 3), 2)
+
+
+# ---- module layout ---------------------------------------------------------------------------
+
+
+def test_public_names_are_defined_in_sdpo_and_the_chunked_module_does_not_import_it() -> None:
+    import ast
+    import inspect
+
+    from claas import _sdpo_chunked
+
+    # The reference page documents ``claas.sdpo``: its public names must live there.
+    defined = [getattr(sdpo, name) for name in sdpo.__all__ if name != "LOSS_KINDS"]
+    assert {obj.__module__ for obj in defined} == {"claas.sdpo"}
+    # The chunked autograd sits below the math: it takes the terms as arguments.
+    tree = ast.parse(inspect.getsource(_sdpo_chunked))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any(module and module.startswith("claas") for module in imported)

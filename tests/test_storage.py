@@ -23,13 +23,8 @@ from claas.errors import (
     StorageError,
     VersionNotFound,
 )
-from claas.storage import (
-    AdapterStore,
-    LocalAdapterStore,
-    split_adapter_id,
-    validate_adapter_id,
-)
-from claas.types import LoraSpec
+from claas.storage import AdapterStore, LocalAdapterStore
+from claas.types import LoraSpec, split_adapter_id, validate_adapter_id
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ADAPTER = "team/helper"
@@ -473,7 +468,7 @@ def test_delete_waits_for_an_inflight_publish(created: LocalAdapterStore) -> Non
 
 
 def test_lock_waiter_retries_when_the_lock_file_is_unlinked(tmp_path: Path) -> None:
-    from claas.storage import _flock
+    from claas.storage._files import flock as _flock
 
     path = tmp_path / ".a.lock"
     holder = _flock(path, blocking=True)

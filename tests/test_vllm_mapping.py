@@ -140,12 +140,8 @@ def server() -> FakeVLLM:
 
 
 def make_settings(tmp_path: Path, **changes: Any) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        inference_backend="vllm",
-        vllm_url=URL,
-        vllm_max_loras=2,
-        **changes,
+    return Settings(data_dir=tmp_path / "data", inference_backend="vllm").evolve(
+        vllm={"url": URL, "max_loras": 2}, **changes
     )
 
 
@@ -315,14 +311,14 @@ def test_http_errors_map_to_claas_errors(name: str, kind: type[Exception], text:
 def test_server_failures_and_credentials_are_unavailable() -> None:
     assert isinstance(mapping.http_error(500, "boom", action="x"), BackendUnavailable)
     refused = mapping.http_error(401, {"error": "Unauthorized"}, action="x")
-    assert isinstance(refused, BackendUnavailable) and "vllm_api_key" in str(refused)
+    assert isinstance(refused, BackendUnavailable) and "vllm.api_key" in str(refused)
 
 
 # -- the backend over a transport fake ------------------------------------------------------
 
 
 def test_vllm_url_is_required(tmp_path: Path) -> None:
-    with pytest.raises(InvalidConfig, match="vllm_url"):
+    with pytest.raises(InvalidConfig, match=r"vllm\.url"):
         VLLMInference(Settings(data_dir=tmp_path, inference_backend="vllm"))
 
 
@@ -362,7 +358,7 @@ def test_superseded_versions_are_unloaded_first(
     v1, v2, v3 = (version(tmp_path, number=n) for n in (1, 2, 3))
     for v in (v1, v2, v3):
         backend.publish(v)
-        assert len(server.loras) <= 2  # Settings.vllm_max_loras
+        assert len(server.loras) <= 2  # Settings.vllm.max_loras
     # team/other was used least recently, but it is the live version of its adapter.
     assert set(server.loras) == {VLLMInference.lora_name(other), VLLMInference.lora_name(v3)}
     assert backend.loaded == [VLLMInference.lora_name(other), VLLMInference.lora_name(v3)]

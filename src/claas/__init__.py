@@ -18,7 +18,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from claas.config import Settings
+from claas.config import ModalSettings, ServerSettings, Settings, TinkerSettings, VllmSettings
 from claas.errors import (
     AdapterExists,
     AdapterNotFound,
@@ -38,19 +38,24 @@ from claas.errors import (
     TrainingError,
     VersionNotFound,
 )
+from claas.learner_like import LearnerLike
 from claas.types import (
+    AdapterSummary,
     AdapterVersion,
     ChatMessage,
     Completion,
+    CompletionFeedback,
     DistillConfig,
     DistillResult,
     Feedback,
     FeedbackResult,
     LoraSpec,
+    RawFeedback,
     SamplingParams,
 )
 
 if TYPE_CHECKING:
+    from claas.client import Client
     from claas.learner import ChatStream, Learner, Score
 
 __version__ = "0.1.0"
@@ -58,12 +63,15 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterExists",
     "AdapterNotFound",
+    "AdapterSummary",
     "AdapterVersion",
     "BackendUnavailable",
     "ChatMessage",
     "ChatStream",
     "ClaasError",
+    "Client",
     "Completion",
+    "CompletionFeedback",
     "CompletionNotFound",
     "Conflict",
     "DistillConfig",
@@ -74,22 +82,33 @@ __all__ = [
     "InvalidConfig",
     "InvalidRequest",
     "Learner",
+    "LearnerLike",
     "LoraSpec",
     "MissingDependency",
+    "ModalSettings",
     "NonFiniteUpdate",
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
+    "RawFeedback",
     "SamplingParams",
     "Score",
+    "ServerSettings",
     "Settings",
     "StorageError",
+    "TinkerSettings",
     "TrainingError",
     "VersionNotFound",
+    "VllmSettings",
     "__version__",
 ]
 
-_LAZY = {"Learner": "claas.learner", "ChatStream": "claas.learner", "Score": "claas.learner"}
+_LAZY = {
+    "Learner": "claas.learner",
+    "ChatStream": "claas.learner",
+    "Score": "claas.learner",
+    "Client": "claas.client",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -27,7 +27,7 @@ from claas.errors import (
     TrainingError,
     missing_extra,
 )
-from claas.inference.base import TeacherTopKLists
+from claas.types import TeacherTopKLists
 
 __all__ = [
     "CHECKPOINT_FILE",

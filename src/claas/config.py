@@ -5,50 +5,93 @@ inference and training, data in ``~/.claas``). ``Settings.load()`` layers, from
 lowest to highest precedence: defaults, a TOML file (``CLAAS_CONFIG`` or the
 ``config_file`` argument), environment variables ``CLAAS_<FIELD>``, and keyword
 arguments.
+
+Fields that only one backend or the server reads live in a nested record:
+``settings.vllm`` (:class:`VllmSettings`), ``settings.tinker``
+(:class:`TinkerSettings`), ``settings.modal`` (:class:`ModalSettings`) and
+``settings.server`` (:class:`ServerSettings`). Each nested field also has a flat
+name, ``<section>_<field>`` (``vllm_url``, ``tinker_loss``, ``modal_app``) or
+the bare field for the server (``api_keys``, ``max_request_bytes``): the
+environment variable is ``CLAAS_<FLAT NAME>``, and the TOML file, ``load``,
+``from_mapping`` and ``evolve`` accept either spelling.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import string
-import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, get_args
 
 import attrs
 
+from claas import _config_sources as sources
 from claas.errors import InvalidConfig
 
-__all__ = ["DEFAULT_BASE_MODEL", "Settings"]
+__all__ = [
+    "DEFAULT_BASE_MODEL",
+    "ModalSettings",
+    "ServerSettings",
+    "Settings",
+    "TinkerSettings",
+    "VllmSettings",
+]
 
 DEFAULT_BASE_MODEL = "bundled:smollm2-135m-instruct"
-INFERENCE_BACKENDS = ("local", "vllm", "tinker", "fake")
-TRAINING_ENGINES = ("local", "tinker", "modal", "fake")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-TINKER_LOSSES = ("sdpo", "cross_entropy")
+BuiltinBackend = Literal["local", "vllm", "tinker", "fake"]
+BuiltinEngine = Literal["local", "tinker", "modal", "fake"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+DeviceKind = Literal["auto", "cpu", "cuda", "mps"]
+TinkerLoss = Literal["sdpo", "cross_entropy"]
+INFERENCE_BACKENDS: tuple[str, ...] = get_args(BuiltinBackend)
+TRAINING_ENGINES: tuple[str, ...] = get_args(BuiltinEngine)
+DTYPES: tuple[str, ...] = get_args(Dtype)
+DEVICE_KINDS: tuple[str, ...] = get_args(DeviceKind)
+TINKER_LOSSES: tuple[str, ...] = get_args(TinkerLoss)
 
 
 def _default_data_dir() -> Path:
     return Path(os.environ.get("CLAAS_DATA_DIR") or Path.home() / ".claas").expanduser()
 
 
-def _error(field: str, value: object, rule: str) -> InvalidConfig:
-    return InvalidConfig(f"Settings.{field}={value!r} is invalid: {rule}")
+_error = sources.error
 
 
-def _positive_int(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+def _name(instance: object, attribute: attrs.Attribute[Any]) -> str:
+    """The field's dotted name: ``vllm.max_loras`` in a section, ``keep_versions`` at the top."""
+    section = getattr(instance, "section", "")
+    return f"{section}.{attribute.name}" if section else attribute.name
+
+
+def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _error(attribute.name, value, "must be an integer >= 1")
+        raise _error(_name(instance, attribute), value, "must be an integer >= 1")
+
+
+def _positive_number(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise _error(_name(instance, attribute), value, "must be a positive number of seconds")
 
 
 def _choice(choices: tuple[str, ...]) -> Any:
-    def check(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value not in choices:
-            raise _error(attribute.name, value, f"must be one of {choices}")
+            raise _error(_name(instance, attribute), value, f"must be one of {choices}")
 
     return check
+
+
+def _non_empty(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise _error(_name(instance, attribute), value, "must be a non-empty string")
+
+
+def _check_url(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise _error(_name(instance, attribute), value, "must be an http:// or https:// URL")
 
 
 def _registered_name(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -60,23 +103,30 @@ def _registered_name(_: object, attribute: attrs.Attribute[Any], value: Any) -> 
 
 
 def _check_device(_: object, attribute: attrs.Attribute[str], value: str) -> None:
-    valid = value in ("auto", "cpu", "cuda", "mps") or (
-        value.startswith("cuda:") and value[5:].isdigit()
-    )
+    valid = value in DEVICE_KINDS or (value.startswith("cuda:") and value[5:].isdigit())
     if not valid:
-        raise _error("device", value, "must be auto, cpu, mps, cuda or cuda:N")
+        raise _error("device", value, f"must be one of {DEVICE_KINDS} or cuda:N")
 
 
 def _check_api_keys(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    field = "server.api_keys"
     if not isinstance(value, Mapping):
-        raise _error("api_keys", "<hidden>", "must map each key to a list of namespaces")
+        raise _error(field, "<hidden>", "must map each key to a list of namespaces")
     for key, namespaces in value.items():
         if not isinstance(key, str) or len(key) < 8:
-            raise _error("api_keys", "<hidden>", "each key must be a string of 8+ characters")
+            raise _error(field, "<hidden>", "each key must be a string of 8+ characters")
         if not isinstance(namespaces, (list, tuple)) or not all(
             isinstance(n, str) and n for n in namespaces
         ):
-            raise _error("api_keys", "<hidden>", "namespaces must be a list of names or '*'")
+            raise _error(field, "<hidden>", "namespaces must be a list of names or '*'")
+
+
+def _namespace_tuples(value: Mapping[str, Sequence[str]]) -> Mapping[str, tuple[str, ...]]:
+    """Hold each key's namespaces as a tuple (a TOML or JSON list arrives as a list)."""
+    if not isinstance(value, Mapping):
+        return value  # the validator names the rule
+    held: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    return held
 
 
 def _check_template(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -98,9 +148,119 @@ def _to_path(value: str | os.PathLike[str]) -> Path:
     return Path(value).expanduser()
 
 
+def _record(cls: type) -> Any:
+    """Validator: the section field holds a ``cls`` record (not, say, a dict)."""
+
+    def check(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, cls):
+            rule = f"must be a {cls.__name__} (Settings.load and evolve also take a mapping)"
+            raise _error(attribute.name, value, rule)
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class VllmSettings:
+    """How the ``vllm`` inference backend reaches its server (``settings.vllm``).
+
+    Attributes:
+        url: Base URL of a running vLLM server (``CLAAS_VLLM_URL``).
+        api_key: Bearer key for that server, if it needs one.
+        max_loras: Adapter versions kept loaded in vLLM.
+        timeout: Seconds before a vLLM request fails.
+        sleep_during_training: Put vLLM to sleep (level 1) during local
+            training steps when the server reports sleep mode enabled (GPU
+            servers started with ``--enable-sleep-mode``); frees its GPU memory
+            for training at the cost of a wake-up per update.
+    """
+
+    section: ClassVar[str] = "vllm"
+    flat_prefix: ClassVar[str] = "vllm_"
+
+    url: str | None = attrs.field(default=None, validator=_check_url)
+    api_key: str | None = attrs.field(default=None, repr=False)
+    max_loras: int = attrs.field(default=4, validator=_positive_int)
+    timeout: float = attrs.field(default=120.0, validator=_positive_number)
+    sleep_during_training: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class TinkerSettings:
+    """Options of the ``tinker`` engine (``settings.tinker``).
+
+    The API key comes from ``TINKER_API_KEY`` (read by the SDK), never from settings.
+
+    Attributes:
+        loss: How the divergence loss is applied: ``sdpo`` (the exact SDPO
+            objective on the teacher's top-K, computed client-side with
+            ``forward_backward_custom``; two service passes) or
+            ``cross_entropy`` (the built-in loss with top-K soft targets, i.e.
+            forward KL, alpha 0, one pass).
+    """
+
+    section: ClassVar[str] = "tinker"
+    flat_prefix: ClassVar[str] = "tinker_"
+
+    loss: TinkerLoss = attrs.field(default="sdpo", validator=_choice(TINKER_LOSSES))
+
+
+@attrs.frozen(kw_only=True)
+class ModalSettings:
+    """Options of the ``modal`` engine (``settings.modal``).
+
+    Attributes:
+        app: Name of the deployed Modal app.
+    """
+
+    section: ClassVar[str] = "modal"
+    flat_prefix: ClassVar[str] = "modal_"
+
+    app: str = attrs.field(default="claas", validator=_non_empty)
+
+
+@attrs.frozen(kw_only=True)
+class ServerSettings:
+    """What the HTTP server enforces (``settings.server``); flat names have no prefix.
+
+    Attributes:
+        api_keys: API keys, each mapped to the adapter namespaces it may use
+            (``"*"`` for all).
+        allow_remote_without_keys: Let the server listen beyond loopback with
+            no API keys configured.
+        max_request_bytes: Largest HTTP body the server accepts.
+    """
+
+    section: ClassVar[str] = "server"
+    flat_prefix: ClassVar[str] = ""
+
+    api_keys: Mapping[str, tuple[str, ...]] = attrs.field(
+        factory=dict, converter=_namespace_tuples, validator=_check_api_keys, repr=False
+    )
+    allow_remote_without_keys: bool = False
+    max_request_bytes: int = attrs.field(default=1_000_000, validator=_positive_int)
+
+
+_SECTION_RECORDS = (VllmSettings, TinkerSettings, ModalSettings, ServerSettings)
+_SECTIONS: dict[str, type] = {cls.section: cls for cls in _SECTION_RECORDS}
+# Flat name (``vllm_url``, ``api_keys``) -> (section, field).
+_FLAT: dict[str, tuple[str, str]] = {
+    cls.flat_prefix + f.name: (cls.section, f.name)
+    for cls in _SECTION_RECORDS
+    for f in attrs.fields(cls)
+}
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """Validated, frozen configuration of a CLaaS installation.
+
+    ``Settings(...)`` is the typed constructor: top-level fields and the nested
+    records, e.g. ``Settings(inference_backend="vllm",
+    vllm=VllmSettings(url="http://host:8000"))``. ``Settings.load``,
+    ``Settings.from_mapping`` and ``evolve`` also take the flat names
+    (``vllm_url=...``, ``api_keys=...``) and a section as a mapping
+    (``vllm={"url": ...}``) that changes only the fields it names; a record
+    replaces the whole section.
 
     Attributes:
         data_dir: Root of adapters, records database and model cache.
@@ -128,25 +288,10 @@ class Settings:
         max_new_tokens: Upper bound on generated tokens per request.
         max_feedback_chars: Longest accepted feedback text.
         max_batch: Most feedback items accepted in one call.
-        vllm_url: Base URL of a running vLLM server (``vllm`` backend).
-        vllm_api_key: Bearer key for that server, if it needs one.
-        vllm_max_loras: Adapter versions kept loaded in vLLM.
-        vllm_timeout: Seconds before a vLLM request fails.
-        vllm_sleep_during_training: Put vLLM to sleep (level 1) during local
-            training steps when the server reports sleep mode enabled (GPU
-            servers started with ``--enable-sleep-mode``); frees its GPU memory
-            for training at the cost of a wake-up per update.
-        modal_app: Name of the deployed Modal app (``modal`` engine).
-        tinker_loss: How the ``tinker`` engine applies the divergence loss:
-            ``sdpo`` (the exact SDPO objective on the teacher's top-K, computed
-            client-side with ``forward_backward_custom``; two service passes) or
-            ``cross_entropy`` (the built-in loss with top-K soft targets, i.e.
-            forward KL, alpha 0, one pass).
-        api_keys: Server API keys, each mapped to the adapter namespaces it
-            may use (``"*"`` for all).
-        allow_remote_without_keys: Let the server listen beyond loopback with
-            no API keys configured.
-        max_request_bytes: Largest HTTP body the server accepts.
+        vllm: The ``vllm`` backend's server (:class:`VllmSettings`).
+        tinker: The ``tinker`` engine's options (:class:`TinkerSettings`).
+        modal: The ``modal`` engine's app (:class:`ModalSettings`).
+        server: The HTTP server's keys and limits (:class:`ServerSettings`).
     """
 
     data_dir: Path = attrs.field(factory=_default_data_dir, converter=_to_path)
@@ -157,7 +302,7 @@ class Settings:
     inference_backend: str = attrs.field(default="local", validator=_registered_name)
     training_engine: str = attrs.field(default="local", validator=_registered_name)
     device: str = attrs.field(default="auto", validator=_check_device)
-    dtype: str = attrs.field(default="auto", validator=_choice(DTYPES))
+    dtype: Dtype = attrs.field(default="auto", validator=_choice(DTYPES))
     autocast: bool = False
     thinking: bool = False
     teacher_template: str | None = attrs.field(default=None, validator=_check_template)
@@ -167,18 +312,10 @@ class Settings:
     max_new_tokens: int = attrs.field(default=1024, validator=_positive_int)
     max_feedback_chars: int = attrs.field(default=8000, validator=_positive_int)
     max_batch: int = attrs.field(default=64, validator=_positive_int)
-    vllm_url: str | None = None
-    vllm_api_key: str | None = attrs.field(default=None, repr=False)
-    vllm_max_loras: int = attrs.field(default=4, validator=_positive_int)
-    vllm_timeout: float = 120.0
-    vllm_sleep_during_training: bool = False
-    modal_app: str = "claas"
-    tinker_loss: str = attrs.field(default="sdpo", validator=_choice(TINKER_LOSSES))
-    api_keys: Mapping[str, tuple[str, ...]] = attrs.field(
-        factory=dict, validator=_check_api_keys, repr=False
-    )
-    allow_remote_without_keys: bool = False
-    max_request_bytes: int = attrs.field(default=1_000_000, validator=_positive_int)
+    vllm: VllmSettings = attrs.field(factory=VllmSettings, validator=_record(VllmSettings))
+    tinker: TinkerSettings = attrs.field(factory=TinkerSettings, validator=_record(TinkerSettings))
+    modal: ModalSettings = attrs.field(factory=ModalSettings, validator=_record(ModalSettings))
+    server: ServerSettings = attrs.field(factory=ServerSettings, validator=_record(ServerSettings))
 
     @base_model.validator
     def _check_base_model(self, attribute: attrs.Attribute[str], value: str) -> None:
@@ -226,8 +363,21 @@ class Settings:
         return self.model_cache_dir or self.data_dir / "models"
 
     def evolve(self, **changes: Any) -> Settings:
-        """Return a copy with some fields changed (validated)."""
-        return attrs.evolve(self, **changes)
+        """Return a validated copy with some fields changed.
+
+        Args:
+            **changes: Top-level fields, flat names (``vllm_url=...``), section
+                mappings (``vllm={"url": ...}``, only the named fields change)
+                or section records (which replace the section).
+
+        Raises:
+            InvalidConfig: On an unknown field or a bad value.
+        """
+        top, sections = _split(changes)
+        records = {
+            name: attrs.evolve(getattr(self, name), **fields) for name, fields in sections.items()
+        }
+        return attrs.evolve(self, **top, **records)
 
     @classmethod
     def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -235,99 +385,101 @@ class Settings:
 
         Args:
             config_file: A TOML file of settings; defaults to ``$CLAAS_CONFIG``.
-            **overrides: Field values that take precedence over everything else.
+            **overrides: Values that take precedence over everything else, in
+                any spelling :meth:`evolve` takes; ``None`` leaves a value as
+                the lower layers set it.
 
         Raises:
             InvalidConfig: On an unknown field, an unreadable file or a bad value.
         """
-        values: dict[str, Any] = {}
+        layers: list[Mapping[str, Any]] = []
         path = config_file or os.environ.get("CLAAS_CONFIG")
         if path:
-            values.update(_read_toml(Path(path)))
-        values.update(_read_env(os.environ))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_mapping(values)
+            layers.append(sources.read_toml(Path(path)))
+        layers.append(sources.read_env(os.environ, _ENV_NAMES))
+        layers.append({k: v for k, v in overrides.items() if v is not None})
+        top: dict[str, Any] = {}
+        sections: dict[str, dict[str, Any]] = {}
+        for layer in layers:
+            layer_top, layer_sections = _split(layer)
+            top.update(layer_top)
+            for name, fields in layer_sections.items():
+                sections.setdefault(name, {}).update(fields)
+        return cls.from_mapping({**top, **sections})
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
-        """Build settings from a mapping of field names, rejecting unknown ones."""
-        known = {f.name for f in attrs.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InvalidConfig(f"unknown setting(s) {unknown}; known: {sorted(known)}")
-        converted = {name: _coerce(name, value) for name, value in values.items()}
+        """Build settings from field names (flat or nested), coercing strings.
+
+        Strings (from the environment or TOML) become the field's type:
+        ``"true"`` a bool, ``"4"`` an int, ``""`` ``None`` for optional text.
+
+        Raises:
+            InvalidConfig: On an unknown field or a bad value.
+        """
+        top, sections = _split(values)
+        records = {
+            name: _SECTIONS[name](
+                **{f: _coerce(f"{name}.{f}", _SECTIONS[name], f, v) for f, v in fields.items()}
+            )
+            for name, fields in sections.items()
+        }
+        converted = {name: _coerce(name, cls, name, value) for name, value in top.items()}
         try:
-            return cls(**converted)
+            return cls(**converted, **records)
         except TypeError as exc:
             raise InvalidConfig(str(exc)) from exc
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InvalidConfig(f"cannot read config file {path}: {exc}") from exc
-    return dict(data.get("claas", data))
+def _split(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Separate top-level fields from section fields, mapping flat names onto sections.
+
+    Returns:
+        ``(top, sections)``: ``{"keep_versions": 5}`` and ``{"vllm": {"url": ...}}``.
+
+    Raises:
+        InvalidConfig: On an unknown name, or a field given twice (flat and nested).
+    """
+    unknown = sorted(set(values) - _ENV_NAMES - set(_SECTIONS))
+    if unknown:
+        raise InvalidConfig(f"unknown setting(s) {unknown}; known: {sorted(_ENV_NAMES)}")
+    top = {k: v for k, v in values.items() if k in _TOP_NAMES}
+    sections: dict[str, dict[str, Any]] = {}
+    pairs = [(*_FLAT[k], v, k) for k, v in values.items() if k in _FLAT]
+    for name in _SECTIONS:
+        if name in values:
+            section = _section_fields(name, values[name])
+            pairs += [(name, field, v, f"{name}.{field}") for field, v in section.items()]
+    seen: dict[tuple[str, str], str] = {}
+    for name, field, value, given_as in pairs:
+        if (name, field) in seen:
+            raise InvalidConfig(
+                f"setting {name}.{field} is given twice: as {seen[name, field]} and {given_as}"
+            )
+        seen[name, field] = given_as
+        sections.setdefault(name, {})[field] = value
+    return top, sections
 
 
-def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    known = {f.name for f in attrs.fields(Settings)}
-    values: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith("CLAAS_") or key == "CLAAS_CONFIG":
-            continue
-        name = key[len("CLAAS_") :].lower()
-        if name in known:
-            values[name] = raw
-    return values
+def _section_fields(name: str, value: Any) -> dict[str, Any]:
+    """The fields given for section ``name``: from a record (all) or a mapping (those named)."""
+    cls = _SECTIONS[name]
+    if isinstance(value, cls):
+        return {f.name: getattr(value, f.name) for f in attrs.fields(cls)}
+    if not isinstance(value, Mapping):
+        raise _error(name, value, f"must be a {cls.__name__} or a mapping of its fields")
+    known = {f.name for f in attrs.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise InvalidConfig(f"unknown setting(s) {unknown} in [{name}]; known: {sorted(known)}")
+    return dict(value)
 
 
-_FIELD_TYPES = {f.name: f.type for f in attrs.fields(Settings)}
+def _coerce(label: str, cls: type, name: str, value: Any) -> Any:
+    """Turn a string value into the type of the attrs field ``cls.name``."""
+    return sources.coerce(label, str(attrs.fields_dict(cls)[name].type), value)
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Turn string values (from the environment or TOML) into the field's type."""
-    if not isinstance(value, str):
-        if name == "api_keys" and isinstance(value, Mapping):
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-        return value
-    kind = str(_FIELD_TYPES[name])
-    if kind == "bool":
-        lowered = value.strip().lower()
-        if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-            raise _error(name, value, "must be true or false")
-        return lowered in ("1", "true", "yes", "on")
-    if kind == "int":
-        try:
-            return int(value)
-        except ValueError as exc:
-            raise _error(name, value, "must be an integer") from exc
-    if kind == "float":
-        try:
-            return float(value)
-        except ValueError as exc:
-            raise _error(name, value, "must be a number") from exc
-    if name == "api_keys":
-        return _parse_api_keys(value)
-    if kind.endswith("| None") and value == "":
-        return None
-    return value
-
-
-def _parse_api_keys(value: str) -> dict[str, tuple[str, ...]]:
-    """Parse ``CLAAS_API_KEYS``: JSON ``{"key": ["ns", ...]}`` or ``key=ns1|ns2,key2=ns3``."""
-    text = value.strip()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise _error("api_keys", "<hidden>", f"invalid JSON: {exc.msg}") from exc
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    keys: dict[str, tuple[str, ...]] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, namespaces = item.partition("=")
-        if not sep:
-            raise _error("api_keys", "<hidden>", "use key=namespace1|namespace2,...")
-        keys[key.strip()] = tuple(n.strip() for n in namespaces.split("|") if n.strip())
-    return keys
+_TOP_NAMES = frozenset(f.name for f in attrs.fields(Settings)) - set(_SECTIONS)
+# Names read as ``CLAAS_<NAME>``: the top-level fields and the flat names.
+_ENV_NAMES = _TOP_NAMES | set(_FLAT)

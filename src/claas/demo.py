@@ -124,7 +124,7 @@ def run_demo(
     """
     notify = progress or (lambda event, data: None)
     started = time.perf_counter()
-    if learner.store.exists(adapter_id):
+    if learner.has_adapter(adapter_id):
         learner.delete_adapter(adapter_id)
     learner.init_adapter(adapter_id)
     baseline = _answers(learner, adapter_id, HELD_OUT, max_tokens)

@@ -23,8 +23,13 @@ each subclass also inherits the standard-library exception it stands for, so
     └── MissingDependency (ImportError)
 
 The classes carry no state beyond their message, so they pickle and cross
-process boundaries (Modal workers, multiprocessing) unchanged. HTTP status
-codes are the server adapter's business, not this module's.
+process boundaries (Modal workers, multiprocessing) unchanged.
+
+Each class has a stable snake_case **code** (``AdapterNotFound`` is
+``adapter_not_found``): the one table by which an error crosses a wire and
+comes back as the same class. :func:`error_code` names an exception's code;
+:func:`error_for_code` rebuilds the exception from a code and a message. HTTP
+status codes are the server adapter's business, not this module's.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ __all__ = [
     "StorageError",
     "TrainingError",
     "VersionNotFound",
+    "error_code",
+    "error_for_code",
+    "missing_extra",
 ]
 
 
@@ -131,3 +139,67 @@ def missing_extra(package: str, extra: str) -> MissingDependency:
     return MissingDependency(
         f"{package!r} is not installed; install it with: pip install 'claas[{extra}]'"
     )
+
+
+_CLASSES: tuple[type[ClaasError], ...] = (
+    ClaasError,
+    InvalidRequest,
+    InvalidAdapterId,
+    InvalidConfig,
+    PayloadTooLarge,
+    NotFound,
+    AdapterNotFound,
+    VersionNotFound,
+    CompletionNotFound,
+    Conflict,
+    AdapterExists,
+    PermissionDenied,
+    TrainingError,
+    NonFiniteUpdate,
+    BackendUnavailable,
+    StorageError,
+    MissingDependency,
+)
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
+
+
+_BY_CODE: dict[str, type[ClaasError]] = {_snake(cls.__name__): cls for cls in _CLASSES}
+_CODE_OF: dict[type, str] = {cls: code for code, cls in _BY_CODE.items()}
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable code of an exception: its nearest CLaaS class, in snake case.
+
+    A subclass defined outside this module has its parent's code, so a client
+    decodes it to a class it knows. An exception that is not a ``ClaasError``
+    has the code of its own class name (e.g. ``key_error``).
+
+    Args:
+        exc: Any exception.
+
+    Returns:
+        A snake_case code such as ``adapter_not_found``.
+    """
+    for cls in type(exc).__mro__:
+        if cls in _CODE_OF:
+            return _CODE_OF[cls]
+    return _snake(type(exc).__name__)
+
+
+def error_for_code(
+    code: str | None, message: str, *, default: type[ClaasError] = ClaasError
+) -> ClaasError:
+    """Rebuild the exception a code stands for.
+
+    Args:
+        code: A code from :func:`error_code` (``None`` or unknown: ``default``).
+        message: The exception's message.
+        default: The class of an unknown code (the nearest base the caller knows).
+
+    Returns:
+        An instance of the code's class carrying ``message``.
+    """
+    return _BY_CODE.get(code or "", default)(message)

@@ -27,22 +27,24 @@ log s_t(y_t))``, loss ``-A_t log s_t(y_t)``. The per-token loss is
 ``sum(l mask) / max(sum(mask), 1)``: an all-masked batch gives exactly 0.
 
 All math runs in float32 or better; teacher inputs are detached. With ``chunk_size`` the
-float32 log-softmax exists for at most C positions at a time, in forward and backward.
+float32 log-softmax exists for at most C positions at a time, in forward and backward:
+the chunked autograd that does this lives in :mod:`claas._sdpo_chunked`, which takes the
+per-position terms defined here as arguments.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from functools import partial, reduce
-from typing import Any, NamedTuple
+from functools import partial
+from typing import Any, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from claas._sdpo_chunked import chunked_terms, chunked_topk_terms, float_dtype, linear, slices
 from claas.errors import InvalidConfig, InvalidRequest
+from claas.types import LossKind
 
 __all__ = [
     "LOSS_KINDS",
@@ -57,7 +59,7 @@ __all__ = [
     "token_level_loss",
 ]
 
-LOSS_KINDS = ("divergence", "token")
+LOSS_KINDS = get_args(LossKind)
 _LOG_RATIO_CLAMP = 20.0
 
 
@@ -78,11 +80,6 @@ class TeacherTopK(NamedTuple):
 
 
 Teacher = Tensor | TeacherTopK
-
-
-def _float_dtype(*tensors: Tensor) -> torch.dtype:
-    """The dtype math runs in: float32, or wider if an input is wider (float64)."""
-    return reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
 
 
 def _check_shape(t: Tensor, shape: tuple[int, ...] | torch.Size, name: str) -> None:
@@ -183,9 +180,9 @@ def teacher_topk_from_hidden(
     ids = torch.zeros(b * t, dtype=torch.long, device=h.device)
     ids = ids if sampled_ids is None else sampled_ids.flatten()
     parts: list[Any] = []
-    for sl in _slices(max(b * t, 1), chunk_size):  # one (empty) chunk when B * T == 0
-        logits = _linear(h[sl], weight, lm_head_bias)
-        q = F.log_softmax(logits, dim=-1, dtype=_float_dtype(logits))
+    for sl in slices(max(b * t, 1), chunk_size):  # one (empty) chunk when B * T == 0
+        logits = linear(h[sl], weight, lm_head_bias)
+        q = F.log_softmax(logits, dim=-1, dtype=float_dtype(logits))
         parts.append(teacher_topk(q[None], k, sampled_ids=ids[sl][None]))
     kk = min(k, weight.shape[0])
     logprobs, top_ids, token = (torch.cat(p, dim=1) for p in zip(*parts, strict=True))
@@ -230,10 +227,10 @@ def _on_support(s_K: Tensor, q_K: Tensor, alpha: float, add_tail: bool) -> Tenso
 def _divergence(s: Tensor, teacher: Teacher, *, alpha: float, add_tail: bool) -> Tensor:
     """Unchecked :func:`divergence` over any leading dims: ``[..., V] -> [...]``."""
     if isinstance(teacher, TeacherTopK):
-        dtype = _float_dtype(s, teacher.logprobs)
+        dtype = float_dtype(s, teacher.logprobs)
         s_K = s.to(dtype).gather(-1, teacher.ids.long())
         return _on_support(s_K, teacher.logprobs.detach().to(dtype), alpha, add_tail)
-    dtype = _float_dtype(s, teacher)
+    dtype = float_dtype(s, teacher)
     return _interpolated(s.to(dtype), teacher.detach().to(dtype), alpha)
 
 
@@ -264,7 +261,7 @@ def divergence(
 
 
 def _log_ratio(student_token_logprobs: Tensor, old_logprobs: Tensor) -> Tensor:
-    dtype = _float_dtype(student_token_logprobs, old_logprobs)
+    dtype = float_dtype(student_token_logprobs, old_logprobs)
     diff = student_token_logprobs.detach().to(dtype) - old_logprobs.detach().to(dtype)
     return diff.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
 
@@ -303,7 +300,7 @@ def kl_to_base_k3(student_token_logprobs: Tensor, base_token_logprobs: Tensor) -
         through the student only.
     """
     _check_shape(base_token_logprobs, student_token_logprobs.shape, "base_token_logprobs")
-    dtype = _float_dtype(student_token_logprobs, base_token_logprobs)
+    dtype = float_dtype(student_token_logprobs, base_token_logprobs)
     r = base_token_logprobs.detach().to(dtype) - student_token_logprobs.to(dtype)
     return (torch.expm1(r) - r).clamp(min=0.0)
 
@@ -319,7 +316,7 @@ def token_level_loss(student_token_logprobs: Tensor, teacher_token_logprobs: Ten
         ``[B, T]`` ``-A * log s`` with the detached advantage ``A = q - s``.
     """
     _check_shape(teacher_token_logprobs, student_token_logprobs.shape, "teacher token logprobs")
-    dtype = _float_dtype(student_token_logprobs, teacher_token_logprobs)
+    dtype = float_dtype(student_token_logprobs, teacher_token_logprobs)
     s = student_token_logprobs.to(dtype)
     advantage = teacher_token_logprobs.detach().to(dtype) - s.detach()
     return -advantage * s
@@ -358,12 +355,6 @@ class _Options(NamedTuple):
                 _check_shape(t, response_ids.shape, name)
 
 
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    dtype = torch.promote_types(x.dtype, weight.dtype)
-    b = None if bias is None else bias.to(dtype)
-    return F.linear(x.to(dtype), weight.to(dtype), b)
-
-
 def _check_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[int, int, int]:
     """Validate ``hidden [B, T, D]``, ``weight [V, D]``, ``bias [V]``; return ``(B, T, V)``."""
     _check_rank(hidden, 3, "hidden", "[B, T, D]")
@@ -372,17 +363,6 @@ def _check_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[in
     if bias is not None:
         _check_shape(bias, (weight.shape[0],), "lm_head_bias")
     return hidden.shape[0], hidden.shape[1], weight.shape[0]
-
-
-def _slices(n: int, size: int) -> Iterator[slice]:
-    return (slice(i, i + size) for i in range(0, n, size))
-
-
-def _rows(x: Any, sl: slice) -> Any:
-    """Rows ``sl`` of a tensor, of each field of a :class:`TeacherTopK`, or None."""
-    if isinstance(x, TeacherTopK):
-        return TeacherTopK(*(_rows(field, sl) for field in x))
-    return None if x is None else x[sl]
 
 
 def _flat_teacher(teacher: Teacher, ids: Tensor, loss: str) -> Teacher:
@@ -404,8 +384,8 @@ def _position_terms(
 
     ``x`` holds logits, or hidden states when ``head`` gives the LM head's weight (and bias).
     """
-    logits = _linear(x, *head) if head else x
-    s = F.log_softmax(logits, dim=-1, dtype=_float_dtype(logits))
+    logits = linear(x, *head) if head else x
+    s = F.log_softmax(logits, dim=-1, dtype=float_dtype(logits))
     s_tok = s.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     if o.loss == "token":
         assert isinstance(teacher, Tensor)
@@ -437,161 +417,13 @@ def _sdpo(
         x_flat, flat_teacher, flat_ids = args
         if isinstance(flat_teacher, TeacherTopK) and o.loss == "divergence":
             q_K, q_ids = flat_teacher.logprobs.detach(), flat_teacher.ids.long()
-            d, s_tok = _ChunkedTopK.apply(o, q_K, q_ids, flat_ids, x_flat, *head)
-        else:
-            d, s_tok = _Chunked.apply(fn, o.chunk_size, flat_teacher, flat_ids, x_flat, *head)
-    return _aggregate(d.view_as(ids), s_tok.view_as(ids), mask, o)
-
-
-class _Chunked(torch.autograd.Function):
-    """:func:`_position_terms` C rows at a time, recomputed chunk by chunk in backward.
-
-    Like checkpointing each chunk, no pass holds more than C rows of activations. Each
-    chunk's input gradient is written into one preallocated ``[N, X]`` buffer: slicing
-    the input per chunk would make autograd build a zero-filled full-size gradient for
-    every chunk (O(N^2 X / C) work and twice the memory).
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        fn: Callable[..., tuple[Tensor, Tensor]],
-        size: int,
-        teacher: Teacher,
-        ids: Tensor,
-        x: Tensor,
-        *head: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        ctx.fn, ctx.size, ctx.teacher = fn, size, teacher
-        ctx.save_for_backward(ids, x, *head)
-        parts = [fn(x[sl], _rows(teacher, sl), ids[sl], *head) for sl in _slices(ids.numel(), size)]
-        d, s_tok = (torch.cat(p) for p in zip(*parts, strict=True))
-        return d, s_tok
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_d: Tensor, grad_tok: Tensor) -> tuple[Tensor | None, ...]:
-        ids, x, *head = ctx.saved_tensors
-        wanted = ctx.needs_input_grad[4:]
-        grad_x, grad_head = _grad_buffers(x, head, wanted)
-        for sl in _slices(ids.numel(), ctx.size):
-            with torch.enable_grad():
-                leaves = _chunk_leaves(x, head, sl, wanted)
-                outputs = ctx.fn(leaves[0], _rows(ctx.teacher, sl), ids[sl], *leaves[1:])
-                grads = torch.autograd.grad(
-                    outputs,
-                    [t for t in leaves if t.requires_grad],
-                    (grad_d[sl], grad_tok[sl]),
-                    materialize_grads=True,
-                )
-            _add_chunk_grads(grads, sl, grad_x, grad_head)
-        return (None, None, None, None, grad_x, *grad_head)
-
-
-class _ChunkedTopK(torch.autograd.Function):
-    """The top-K divergence C rows at a time, with its gradient in closed form.
-
-    Forward needs only each row's log-normalizer and the log-probs at the K teacher ids
-    and the sampled id, never a ``[C, V]`` log-softmax. With ``p = softmax(z)`` for logits
-    ``z``, upstream gradients ``a`` (of ``d``) and ``b`` (of ``s_tok``), and
-    ``g = a dd/ds_K``, the gradient of a row is
-    ``scatter(g at the K ids) + b onehot(y) - p (sum(g) + b)``: backward builds one
-    ``[C, V]`` tensor per chunk and runs autograd only on ``[C, K]`` (and the LM head).
-    When every row fits in one chunk, forward keeps that chunk's logits and their LM
-    head graph for backward instead of recomputing them: the same peak, one head
-    matmul fewer (a feedback step on a chat answer is usually one chunk).
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, o: _Options, q_K: Tensor, q_ids: Tensor, ids: Tensor, x: Tensor, *head: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        ctx.o, ctx.kept = o, None
-        dtype = _float_dtype(q_K, x, *head)
-        d, s_tok, lse, s_K = [], [], [], []
-        slices = list(_slices(ids.numel(), o.chunk_size or ids.numel()))
-        keep = bool(head) and len(slices) == 1 and any(ctx.needs_input_grad[4:])
-        for sl in slices:
-            if keep:
-                with torch.enable_grad():
-                    ctx.kept = _head_graph(x, head, sl, ctx.needs_input_grad[4:])
-                z = ctx.kept[1].detach()
-            else:
-                z = _linear(x[sl], *head) if head else x[sl]
-            norm = torch.logsumexp(z.to(dtype), dim=-1, keepdim=True)
-            picked = z.gather(-1, torch.cat([q_ids[sl], ids[sl, None]], -1)).to(dtype) - norm
-            d.append(_on_support(picked[:, :-1], q_K[sl].to(dtype), o.alpha, o.add_tail))
-            s_tok.append(picked[:, -1])
-            lse.append(norm)
-            s_K.append(picked[:, :-1])
-        ctx.save_for_backward(q_K, q_ids, ids, x, torch.cat(lse), torch.cat(s_K), *head)
-        return torch.cat(d), torch.cat(s_tok)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_d: Tensor, grad_tok: Tensor) -> tuple[Tensor | None, ...]:
-        q_K, q_ids, ids, x, lse, s_K, *head = ctx.saved_tensors
-        o, wanted = ctx.o, ctx.needs_input_grad[4:]
-        grad_x, grad_head = _grad_buffers(x, head, wanted)
-        for sl in _slices(ids.numel(), o.chunk_size or ids.numel()):
-            with torch.enable_grad():
-                leaf = s_K[sl].detach().requires_grad_(True)
-                d = _on_support(leaf, q_K[sl].to(lse.dtype), o.alpha, o.add_tail)
-                (g,) = torch.autograd.grad(d, leaf, grad_d[sl].to(lse.dtype))
-                if ctx.kept is not None:
-                    (leaves, z), ctx.kept = ctx.kept, None
-                elif head:
-                    leaves, z = _head_graph(x, head, sl, wanted)
-                else:
-                    z = x[sl]
-            b = grad_tok[sl].to(lse.dtype)
-            grad_z = (z.detach().to(lse.dtype) - lse[sl]).exp_().mul_(-(g.sum(-1) + b)[:, None])
-            grad_z.scatter_add_(-1, q_ids[sl], g).scatter_add_(-1, ids[sl, None], b[:, None])
-            if not head:
-                if grad_x is not None:
-                    grad_x[sl] = grad_z
-                continue
-            needed = [t for t in leaves if t.requires_grad]
-            _add_chunk_grads(
-                torch.autograd.grad(z, needed, grad_z.to(z.dtype)), sl, grad_x, grad_head
+            support = partial(_on_support, alpha=o.alpha, add_tail=o.add_tail)
+            d, s_tok = chunked_topk_terms(
+                support, o.chunk_size, q_K, q_ids, flat_ids, x_flat, *head
             )
-        return (None, None, None, None, grad_x, *grad_head)
-
-
-def _chunk_leaves(
-    x: Tensor, head: Sequence[Tensor], sl: slice, wanted: Sequence[bool]
-) -> list[Tensor]:
-    """Rows ``sl`` of ``x`` and the head, detached, requiring grad where ``wanted``."""
-    return [t.detach().requires_grad_(w) for t, w in zip((x[sl], *head), wanted, strict=True)]
-
-
-def _head_graph(
-    x: Tensor, head: Sequence[Tensor], sl: slice, wanted: Sequence[bool]
-) -> tuple[list[Tensor], Tensor]:
-    """Logits of rows ``sl``, with their graph back to :func:`_chunk_leaves`."""
-    leaves = _chunk_leaves(x, head, sl, wanted)
-    return leaves, _linear(*leaves)
-
-
-def _grad_buffers(
-    x: Tensor, head: Sequence[Tensor], wanted: Sequence[bool]
-) -> tuple[Tensor | None, list[Tensor | None]]:
-    """One gradient buffer for ``x`` (filled chunk by chunk) and one per head tensor."""
-    grad_x = torch.empty_like(x) if wanted[0] else None
-    grad_head = [torch.zeros_like(p) if w else None for p, w in zip(head, wanted[1:], strict=True)]
-    return grad_x, grad_head
-
-
-def _add_chunk_grads(
-    grads: Sequence[Tensor], sl: slice, grad_x: Tensor | None, grad_head: list[Tensor | None]
-) -> None:
-    """Write a chunk's input gradient into rows ``sl``; add its head gradients."""
-    found = iter(grads)
-    if grad_x is not None:
-        grad_x[sl] = next(found)
-    for total in grad_head:
-        if total is not None:
-            total += next(found)
+        else:
+            d, s_tok = chunked_terms(fn, o.chunk_size, flat_teacher, flat_ids, x_flat, *head)
+    return _aggregate(d.view_as(ids), s_tok.view_as(ids), mask, o)
 
 
 def _aggregate(d: Tensor, s_tok: Tensor, mask: Tensor, o: _Options) -> tuple[Tensor, dict]:

@@ -41,11 +41,14 @@ HINDSIGHT_TEMPLATE = (
 class ChatTokenizer(Protocol):
     """The slice of a Hugging Face tokenizer this module uses."""
 
-    eos_token_id: Any
+    @property
+    def eos_token_id(self) -> Any: ...
 
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
 
     def encode(self, text: str, **kwargs: Any) -> list[int]: ...
+
+    def decode(self, token_ids: Any, /, skip_special_tokens: bool = ...) -> str | list[str]: ...
 
 
 @attrs.frozen(kw_only=True)

@@ -10,10 +10,14 @@ stands in for a real transport::
                       engine=FakeTrainer(), tokenizer=FakeTokenizer())
 
 ``Settings(inference_backend="fake", training_engine="fake")`` selects them by
-name. The fake trainer really writes versions (a small JSON "weights" file
-counting updates), so storage, records, ordering and rollback behave as in
-production; the fake backend answers with a deterministic text that names the
-adapter version serving it.
+name: this package's metadata declares :func:`fake_backend` and
+:func:`fake_engine` as entry points of the registry (see :mod:`claas.registry`),
+so the production registry never imports this module unless asked for ``fake``.
+
+The fake trainer really writes versions (a small JSON "weights" file counting
+updates), so storage, records, ordering and rollback behave as in production;
+the fake backend answers with a deterministic text that names the adapter
+version serving it.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from claas.config import Settings
 from claas.errors import InvalidRequest, TrainingError
-from claas.inference.base import Generation, StreamDelta, TeacherTopKLists
+from claas.inference.base import Generation, StreamDelta
 from claas.teacher import DistillSample
 from claas.types import (
     AdapterVersion,
@@ -34,9 +39,10 @@ from claas.types import (
     DistillResult,
     LoraSpec,
     SamplingParams,
+    TeacherTopKLists,
 )
 
-__all__ = ["FakeInference", "FakeTokenizer", "FakeTrainer"]
+__all__ = ["FakeInference", "FakeTokenizer", "FakeTrainer", "fake_backend", "fake_engine"]
 
 FAKE_WEIGHTS = "fake_weights.json"
 
@@ -277,3 +283,13 @@ class FakeTrainer:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def fake_backend(settings: Settings) -> FakeInference:
+    """The registry's factory for ``inference_backend="fake"``."""
+    return FakeInference()
+
+
+def fake_engine(settings: Settings) -> FakeTrainer:
+    """The registry's factory for ``training_engine="fake"``."""
+    return FakeTrainer()

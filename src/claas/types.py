@@ -7,12 +7,13 @@ torch, so it can be pickled, logged, stored as JSON and sent over HTTP.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import attrs
 
-from claas.errors import InvalidConfig, InvalidRequest
+from claas.errors import InvalidAdapterId, InvalidConfig, InvalidRequest
 
 __all__ = [
     "AdapterVersion",
@@ -20,15 +21,24 @@ __all__ = [
     "Completion",
     "DistillConfig",
     "DistillResult",
+    "AdapterSummary",
+    "CompletionFeedback",
     "Feedback",
+    "feedback_item",
     "FeedbackResult",
     "LoraSpec",
+    "RawFeedback",
     "SamplingParams",
     "TeacherMode",
+    "TeacherTopKLists",
     "messages_from_dicts",
+    "split_adapter_id",
+    "valid_id_part",
+    "validate_adapter_id",
 ]
 
-ROLES = ("system", "user", "assistant", "tool")
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[Role, ...] = get_args(Role)
 TeacherMode = Literal["base", "current", "remote"]
 LossKind = Literal["divergence", "token"]
 DEFAULT_TARGET_MODULES = (
@@ -40,6 +50,43 @@ DEFAULT_TARGET_MODULES = (
     "up_proj",
     "down_proj",
 )
+
+
+_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ID_RULE = (
+    "an adapter id is 'namespace/name', each part 1-64 characters of A-Z a-z 0-9 _ - . "
+    "starting with a letter or digit, with no '..' and at most 129 characters in all"
+)
+
+
+def validate_adapter_id(adapter_id: str) -> str:
+    """Check that ``adapter_id`` is a safe ``namespace/name`` and return it unchanged.
+
+    Raises:
+        InvalidAdapterId: If it breaks the rule; the message states the rule.
+    """
+    if not isinstance(adapter_id, str):
+        raise InvalidAdapterId(f"adapter id must be a string, not {type(adapter_id).__name__}")
+    parts = adapter_id.split("/")
+    if len(adapter_id) > 129 or len(parts) != 2 or not all(map(valid_id_part, parts)):
+        shown = adapter_id if len(adapter_id) <= 80 else adapter_id[:77] + "..."
+        raise InvalidAdapterId(f"invalid adapter id {shown!r}: {_ID_RULE}")
+    return adapter_id
+
+
+def split_adapter_id(adapter_id: str) -> tuple[str, str]:
+    """Validate ``adapter_id`` and return its ``(namespace, name)``.
+
+    Raises:
+        InvalidAdapterId: If the id is not a valid ``namespace/name``.
+    """
+    namespace, name = validate_adapter_id(adapter_id).split("/")
+    return namespace, name
+
+
+def valid_id_part(part: str) -> bool:
+    """Whether ``part`` may be a namespace or a name in an adapter id."""
+    return bool(_PART.fullmatch(part)) and ".." not in part
 
 
 def _str_tuple(value: Any) -> tuple[str, ...]:
@@ -191,10 +238,10 @@ class DistillConfig:
     top_k: int = attrs.field(default=100, validator=_positive_int("DistillConfig", 4096))
     add_tail: bool = True
     loss: LossKind = attrs.field(
-        default="divergence", validator=_one_of("DistillConfig", ("divergence", "token"))
+        default="divergence", validator=_one_of("DistillConfig", get_args(LossKind))
     )
     teacher: TeacherMode = attrs.field(
-        default="base", validator=_one_of("DistillConfig", ("base", "current", "remote"))
+        default="base", validator=_one_of("DistillConfig", get_args(TeacherMode))
     )
     is_clip: float = attrs.field(default=2.0, validator=_positive("DistillConfig"))
     kl_beta: float = attrs.field(default=0.0, validator=_non_negative("DistillConfig"))
@@ -341,24 +388,72 @@ class Completion:
             raise InvalidRequest("response_ids and response_logprobs differ in length")
 
 
-@attrs.frozen(kw_only=True)
-class Feedback:
-    """Text feedback on a response.
+def _check_feedback_text(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest("feedback text must be a non-empty string")
 
-    Either ``completion_id`` names a served completion, or ``messages`` and
-    ``response`` give the conversation and the response text directly.
+
+@attrs.frozen(kw_only=True)
+class CompletionFeedback:
+    """Text feedback on a completion CLaaS served (named by its id)."""
+
+    completion_id: str = attrs.field()
+    text: str = attrs.field(validator=_check_feedback_text)
+
+    @completion_id.validator
+    def _check_id(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise InvalidRequest("completion_id must be a non-empty string")
+
+
+@attrs.frozen(kw_only=True)
+class RawFeedback:
+    """Text feedback on a response CLaaS did not serve: the conversation and the answer."""
+
+    messages: tuple[ChatMessage, ...] = attrs.field(converter=lambda m: messages_from_dicts(m))
+    response: str = attrs.field()
+    text: str = attrs.field(validator=_check_feedback_text)
+
+    @response.validator
+    def _check_response(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise InvalidRequest("the response must be a non-empty string")
+
+
+Feedback = CompletionFeedback | RawFeedback
+"""One feedback item: on a served completion, or on raw messages and a response."""
+
+
+def feedback_item(
+    completion_id: str | None,
+    text: str | None,
+    messages: Sequence[ChatMessage | Mapping[str, object]] | None = None,
+    response: str | None = None,
+) -> Feedback:
+    """The item that ``feedback(completion_id, text, messages=, response=)`` describes.
+
+    Raises:
+        InvalidRequest: Empty text, or neither a completion id nor messages and response.
+    """
+    text = text if text is not None else ""
+    if completion_id is not None:
+        return CompletionFeedback(completion_id=completion_id, text=text)
+    if messages is None or response is None:
+        raise InvalidRequest("feedback needs a completion_id, or both messages and response")
+    return RawFeedback(messages=messages, response=response, text=text)
+
+
+@attrs.frozen(kw_only=True)
+class TeacherTopKLists:
+    """Teacher top-K logprobs of one sequence's response positions, as plain lists.
+
+    ``ids[t]`` and ``logprobs[t]`` hold the K most likely tokens at response
+    position ``t``; ``token_logprobs[t]`` is the logprob of the sampled token.
     """
 
-    text: str
-    completion_id: str | None = None
-    messages: tuple[ChatMessage, ...] | None = None
-    response: str | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if not isinstance(self.text, str) or not self.text.strip():
-            raise InvalidRequest("feedback text must be a non-empty string")
-        if self.completion_id is None and (self.messages is None or self.response is None):
-            raise InvalidRequest("feedback needs a completion_id, or both messages and response")
+    ids: tuple[tuple[int, ...], ...]
+    logprobs: tuple[tuple[float, ...], ...]
+    token_logprobs: tuple[float, ...]
 
 
 @attrs.frozen(kw_only=True)
@@ -402,3 +497,17 @@ class FeedbackResult:
     parent_version: int
     metrics: Mapping[str, float]
     timings: Mapping[str, float]
+
+
+@attrs.frozen(kw_only=True)
+class AdapterSummary:
+    """An existing adapter: its live version and how many versions the store keeps.
+
+    ``live`` is ``None`` (and ``error`` says why) when the adapter's ``latest``
+    pointer is damaged: nothing is served from it until that is repaired.
+    """
+
+    adapter_id: str
+    live: AdapterVersion | None
+    versions: int
+    error: str | None = None

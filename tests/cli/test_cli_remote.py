@@ -11,18 +11,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 
 from claas import (
     AdapterNotFound,
+    BackendUnavailable,
+    ClaasError,
+    Client,
     InvalidConfig,
     InvalidRequest,
     Learner,
     PermissionDenied,
     Settings,
 )
-from claas_cli.remote import RemoteClient, error_from_body
+from claas.config import ServerSettings
 from claas_server.app import create_app
 
 Run = Callable[..., Any]
@@ -63,7 +67,7 @@ def keyed_url(data_dir: Path) -> Iterator[str]:
         data_dir=data_dir,
         inference_backend="fake",
         training_engine="fake",
-        api_keys={KEY: ("team",)},
+        server=ServerSettings(api_keys={KEY: ("team",)}),
     )
     yield from _serve(settings)
 
@@ -171,7 +175,8 @@ def test_server_errors_map_to_core_errors_and_exit_1(cli: Run, url: str) -> None
     assert bad.stderr.startswith("error: InvalidConfig: DistillConfig.alpha=2")
     unknown = cli("feedback", answer["id"], "x", "--set", "lr=1", "--url", url)
     assert unknown.exit_code == 1
-    assert unknown.stderr.startswith("error: InvalidRequest:") and "lr" in unknown.stderr
+    # As in process: the core's DistillConfig check, made before anything is sent.
+    assert unknown.stderr.startswith("error: InvalidConfig:") and "lr" in unknown.stderr
     assert "VersionNotFound" in cli("adapters", "rollback", "team/bot", "5", "--url", url).stderr
 
 
@@ -211,14 +216,39 @@ def test_unreachable_or_malformed_urls(cli: Run) -> None:
 
 
 def test_remote_client_rejects_ids_before_sending(url: str) -> None:
-    with RemoteClient(url) as client, pytest.raises(InvalidRequest):
+    with Client(url) as client, pytest.raises(InvalidRequest):
         client.versions("../../v1/feedback")
 
 
-def test_error_bodies_pick_the_named_class_then_the_status() -> None:
-    named = error_from_body(404, {"error": {"message": "gone", "code": "adapter_not_found"}})
-    assert type(named) is AdapterNotFound and str(named) == "gone"
-    assert type(error_from_body(400, {"error": {"code": "invalid_config"}})) is InvalidConfig
-    by_status = error_from_body(403, {"error": {"message": "no", "code": "something_new"}})
-    assert type(by_status) is PermissionDenied
-    assert "HTTP 502" in str(error_from_body(502, "<html>bad gateway</html>"))
+def _answering(status: int, body: Any) -> Client:
+    """A Client whose every request gets ``status`` with ``body`` (JSON, or text)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if isinstance(body, str):
+            return httpx.Response(status, text=body)
+        return httpx.Response(status, json=body)
+
+    return Client("http://claas.test", transport=httpx.MockTransport(handler))
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (404, {"error": {"message": "gone", "code": "adapter_not_found"}}, AdapterNotFound),
+        (400, {"error": {"message": "bad", "code": "invalid_config"}}, InvalidConfig),
+        (403, {"error": {"message": "no", "code": "something_new"}}, PermissionDenied),
+        (422, {"error": {"message": "schema", "code": "validation_error"}}, InvalidRequest),
+        (503, {"error": {"message": "down"}}, BackendUnavailable),
+        (502, "<html>bad gateway</html>", ClaasError),
+    ],
+)
+def test_error_bodies_pick_the_named_class_then_the_status(
+    status: int, body: Any, expected: type[ClaasError]
+) -> None:
+    with _answering(status, body) as client, pytest.raises(ClaasError) as raised:
+        client.adapters()
+    assert type(raised.value) is expected
+    if isinstance(body, str):
+        assert "HTTP 502" in str(raised.value)
+    else:
+        assert str(raised.value) == body["error"]["message"]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 pytest.importorskip("claas_server")
-from fastapi.testclient import TestClient
+from eval_support import serving
 
 from claas import Learner
 from claas.errors import (
@@ -23,21 +23,22 @@ from claas.errors import (
 )
 from claas.eval import EvalConfig, LearnerTarget, read_steps, run
 from claas.eval.remote import RemoteTarget
-from claas_server import create_app
 
 MakeConfig = Callable[..., EvalConfig]
 ADAPTER = "eval/remote-test"
 
 
 @pytest.fixture
-def client(shrinking_learner: Learner) -> Iterator[TestClient]:
-    with TestClient(create_app(learner=shrinking_learner)) as test_client:
-        yield test_client
+def url(shrinking_learner: Learner) -> Iterator[str]:
+    with serving(shrinking_learner) as served:
+        yield served
 
 
 @pytest.fixture
-def remote(client: TestClient) -> RemoteTarget:
-    return RemoteTarget("http://testserver", client=client)
+def remote(url: str) -> Iterator[RemoteTarget]:
+    target = RemoteTarget(url)
+    yield target
+    target.close()
 
 
 def numbers(records: list[dict[str, Any]]) -> list[tuple[int, int, dict[str, Any]]]:
@@ -73,7 +74,8 @@ def test_adapter_lifecycle_over_http(remote: RemoteTarget) -> None:
     answer = remote.chat(ADAPTER, "Why?", max_tokens=200, temperature=0.0, seed=1, top_logprobs=3)
     assert answer.completion_id.startswith("chatcmpl-") and answer.version == 0
     assert answer.n_tokens == len(answer.text.encode()) + 1  # bytes + end of turn
-    assert len(answer.logprobs) == len(answer.top_logprobs) == answer.n_tokens - 1
+    # The exact recorded tokens, as in process: the end of turn has its logprob too.
+    assert len(answer.logprobs) == len(answer.top_logprobs) == answer.n_tokens
     version, metrics = remote.feedback(ADAPTER, [answer.completion_id], "Shorter.", {"alpha": 0.5})
     assert version == 1 and metrics["loss"] == pytest.approx(0.1)
     assert remote.current_version(ADAPTER) == 1
@@ -101,17 +103,19 @@ def test_api_keys_are_sent(tmp_path: Path) -> None:
     from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
 
     learner = Learner(
-        Settings(data_dir=tmp_path / "keyed", api_keys={"secret-key-1": ["eval"]}),
+        Settings(data_dir=tmp_path / "keyed").evolve(api_keys={"secret-key-1": ("eval",)}),
         inference=FakeInference(),
         engine=FakeTrainer(),
         tokenizer=FakeTokenizer(),
     )
-    with TestClient(create_app(learner=learner)) as client:
-        anonymous = RemoteTarget("http://testserver", client=client)
+    with serving(learner) as url:
+        anonymous = RemoteTarget(url)
         with pytest.raises(PermissionDenied):
             anonymous.reset_adapter(ADAPTER, seed=0)
-        keyed = RemoteTarget("http://testserver", client=client, api_key="secret-key-1")
+        keyed = RemoteTarget(url, api_key="secret-key-1")
         assert keyed.reset_adapter(ADAPTER, seed=0) == 0
+        anonymous.close()
+        keyed.close()
     learner.close()
 
 

@@ -53,9 +53,7 @@ def vllm_settings(tmp_path: Path, server: VLLMServer, **changes: Any) -> Setting
         data_dir=tmp_path / "data",
         model_cache_dir=server.models_dir,
         inference_backend="vllm",
-        vllm_url=server.url,
-        **changes,
-    )
+    ).evolve(vllm_url=server.url, **changes)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ def auth(key: str) -> dict[str, str]:
 def fake_learner(data_dir: Path, **settings: Any) -> Learner:
     """A learner on the fakes with its data in ``data_dir``."""
     return Learner(
-        Settings(data_dir=data_dir, **settings),
+        Settings(data_dir=data_dir).evolve(**settings),
         inference=FakeInference(),
         engine=FakeTrainer(),
         tokenizer=FakeTokenizer(),
@@ -44,7 +44,7 @@ def snapshot(learner: Learner) -> dict[str, Any]:
         "adapters": adapters,
         "versions": {a: [v.version for v in learner.versions(a)] for a in adapters},
         "live": {a: learner.current_version(a).version for a in adapters},
-        "records": learner.records.stats(),
+        "records": learner.record_counts(),
     }
 
 

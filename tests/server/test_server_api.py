@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from metrics_support import value
+from prometheus_client import CONTENT_TYPE_LATEST
 from server_support import fake_learner, snapshot
 
 from claas import Learner
@@ -94,7 +96,8 @@ def test_every_error_class_has_one_status(exc: BaseException, status: int) -> No
 def test_every_core_error_class_is_mapped() -> None:
     import claas.errors
 
-    classes = [getattr(claas.errors, name) for name in claas.errors.__all__]
+    names = claas.errors.__all__
+    classes = [c for c in (getattr(claas.errors, n) for n in names) if isinstance(c, type)]
     for cls in classes:
         if cls is not ClaasError:
             assert status_for(cls("x"))[0] in (400, 403, 404, 409, 413, 422, 500, 503), cls
@@ -104,6 +107,19 @@ def test_distill_overrides_cover_distill_config() -> None:
     import attrs
 
     assert set(DistillOverrides.model_fields) == {f.name for f in attrs.fields(DistillConfig)}
+    properties = DistillOverrides.model_json_schema()["properties"]
+    assert all(p.get("default", 0) is None and p["description"] for p in properties.values())
+    betas = properties["adam_betas"]["anyOf"][0]
+    assert (betas["type"], betas["minItems"], betas["maxItems"]) == ("array", 2, 2)
+
+
+def test_adapter_create_defaults_are_the_core_lora_spec() -> None:
+    from claas import LoraSpec
+    from claas_server.schemas import AdapterCreate
+
+    body = AdapterCreate(adapter_id="alpha/bot")
+    spec = LoraSpec()
+    assert (body.rank, body.alpha, body.dropout) == (spec.rank, spec.alpha, spec.dropout)
 
 
 def test_error_body_has_openai_shape(client: TestClient) -> None:
@@ -501,7 +517,9 @@ def test_failed_update_is_counted_and_publishes_nothing(fake: Learner) -> None:
         assert response.status_code == 422
         assert response.json()["error"]["code"] == "non_finite_update"
         assert learner.current_version("alpha/bot").version == 0
-        assert 'claas_feedback_steps_total{outcome="failed"} 1' in client.get("/metrics").text
+        scraped = client.get("/metrics").text
+        assert value(scraped, "claas_feedback_steps_total", outcome="failed") == 1
+        assert value(scraped, "claas_feedback_steps_total", outcome="applied") == 0
 
 
 def test_feedback_events_list(bot: TestClient) -> None:
@@ -535,6 +553,7 @@ def test_adapter_lifecycle(bot: TestClient, fake: Learner) -> None:
             "base_model": fake.settings.base_model,
             "created": adapters[0]["created"],
             "versions": 3,
+            "error": None,
         }
     ]
     assert bot.get("/v1/adapters", params={"namespace": "beta"}).json()["data"] == []
@@ -591,17 +610,16 @@ def test_health_and_metrics(bot: TestClient) -> None:
     assert bot.get("/health").json()["status"] == "ok"
     bot.post("/v1/feedback", json={"completion_id": chat(bot)["id"], "feedback": "x"})
     response = bot.get("/metrics")
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
     text = response.text
-    assert (
-        'claas_http_requests_total{method="POST",route="/v1/chat/completions",status="200"} 1'
-        in text
-    )
-    assert 'claas_feedback_steps_total{outcome="applied"} 1' in text
-    assert "claas_feedback_step_seconds_count 1" in text
-    assert 'claas_feedback_step_seconds_bucket{le="+Inf"} 1' in text
-    assert "claas_feedback_queue_depth 0" in text
-    assert 'claas_records{kind="versions"} 2' in text
+    route = {"method": "POST", "route": "/v1/chat/completions", "status": "200"}
+    assert value(text, "claas_http_requests_total", **route) == 1
+    assert value(text, "claas_feedback_steps_total", outcome="applied") == 1
+    assert value(text, "claas_feedback_items_total") == 1
+    assert value(text, "claas_feedback_step_seconds_count") == 1
+    assert value(text, "claas_feedback_step_seconds_bucket", le="+Inf") == 1
+    assert value(text, "claas_feedback_queue_depth") == 0
+    assert value(text, "claas_records", kind="versions") == 2
 
 
 def test_openapi_documents_the_api(client: TestClient) -> None:

@@ -6,10 +6,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from metrics_support import families
 from server_support import KEY_ADMIN, KEY_ALPHA, KEY_BETA, auth, snapshot
 
 from claas import Learner, Settings
 from claas.errors import InvalidConfig
+from claas.records import Records
 from claas_server.auth import KeyRing
 from claas_server.serve import check_host, is_loopback, serve
 
@@ -156,7 +158,7 @@ def test_listings_show_only_the_keys_namespaces(
     models = keyed_client.get("/v1/models", headers=alpha).json()["data"]
     assert "beta/bot" not in [m["id"] for m in models]
     assert keyed_client.get("/v1/feedback", headers=alpha).json()["data"] == []
-    assert "claas_records" not in keyed_client.get("/metrics", headers=alpha).text
+    assert "claas_records" not in families(keyed_client.get("/metrics", headers=alpha).text)
     dashboard = keyed_client.get("/dashboard", headers=alpha).text
     assert "alpha/bot" in dashboard and "beta/bot" not in dashboard
     assert "beta&#x27;s secret" not in dashboard and "beta's secret" not in dashboard
@@ -165,7 +167,51 @@ def test_listings_show_only_the_keys_namespaces(
     admin = auth(KEY_ADMIN)
     every = keyed_client.get("/v1/adapters", headers=admin).json()["data"]
     assert [a["id"] for a in every] == ["alpha/bot", "beta/bot"]
-    assert "claas_records" in keyed_client.get("/metrics", headers=admin).text
+    assert "claas_records" in families(keyed_client.get("/metrics", headers=admin).text)
+
+
+def test_other_tenants_volume_never_hides_a_tenants_own_feedback(
+    keyed_client: TestClient, keyed_fake: Learner, tenants: dict[str, str]
+) -> None:
+    """Namespaces filter in the database: 600 newer beta events do not crowd alpha's out."""
+    alpha, beta = auth(KEY_ALPHA), auth(KEY_BETA)
+    keyed_client.post(
+        "/v1/feedback",
+        json={"completion_id": tenants["alpha/bot"], "feedback": "alpha's own"},
+        headers=alpha,
+    )
+    with Records(keyed_fake.settings.db_path) as records:  # bulk rows, not 600 updates
+        for i in range(600):
+            records.add_feedback(
+                feedback_id=f"fb-beta-{i}", adapter_id="beta/bot", completion_id=None, text="b"
+            )
+    mine = keyed_client.get("/v1/feedback", headers=alpha).json()["data"]
+    assert [e["text"] for e in mine] == ["alpha's own"]
+    dashboard = keyed_client.get("/dashboard", headers=alpha).text
+    assert "alpha&#x27;s own" in dashboard
+    assert len(keyed_client.get("/v1/feedback?limit=500", headers=beta).json()["data"]) == 500
+
+
+def test_a_damaged_latest_is_shown_not_papered_over(
+    keyed_client: TestClient, keyed_fake: Learner, tenants: dict[str, str]
+) -> None:
+    alpha = auth(KEY_ALPHA)
+    latest = keyed_fake.settings.adapters_dir / "alpha" / "bot" / "LATEST"
+    latest.write_text("{torn")
+    (listed,) = keyed_client.get("/v1/adapters", headers=alpha).json()["data"]
+    assert listed["live_version"] is None and "alpha/bot/LATEST is unreadable" in listed["error"]
+    assert str(keyed_fake.settings.adapters_dir) not in listed["error"]
+    one = keyed_client.get("/v1/adapters/alpha/bot", headers=alpha).json()
+    assert one["error"] == listed["error"]
+    chat = keyed_client.post(
+        "/v1/chat/completions",
+        json={"model": "alpha/bot", "messages": [{"role": "user", "content": "hi"}]},
+        headers=alpha,
+    )
+    assert chat.status_code == 500 and chat.json()["error"]["code"] == "storage_error"
+    page = keyed_client.get("/dashboard/adapters/alpha/bot", headers=alpha)
+    assert page.status_code == 200 and "cannot be served" in page.text
+    assert "alpha/bot/LATEST is unreadable" in page.text
 
 
 def test_keyring_compares_digests_of_every_key() -> None:

@@ -18,6 +18,7 @@ import pytest
 from server_support import KEY_ALPHA, KEY_BETA, fake_learner, serving
 
 from claas import Learner, Settings
+from claas.config import ServerSettings
 from claas_server import create_app
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
@@ -106,7 +107,9 @@ def test_client_raises_the_right_errors(fake_server: str) -> None:
 def test_learning_loop_with_the_bundled_model(tmp_path: Path) -> None:
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
     settings = Settings(
-        data_dir=tmp_path / "data", model_cache_dir=MODELS_DIR, api_keys={KEY_ALPHA: ("alpha",)}
+        data_dir=tmp_path / "data",
+        model_cache_dir=MODELS_DIR,
+        server=ServerSettings(api_keys={KEY_ALPHA: ("alpha",)}),
     )
     learner = Learner(settings)
     learner.init_adapter("alpha/bot")
@@ -156,6 +159,18 @@ def _loop(client: openai.OpenAI) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
+
+    # The local backend cannot score a remote teacher: a clear 400 that records nothing.
+    refused = client.post(
+        "/feedback",
+        body={"completion_id": answer.id, "feedback": "Shorter.", "config": {"teacher": "remote"}},
+        cast_to=httpx.Response,
+    )
+    assert refused.status_code == 400, refused.text
+    message = refused.json()["error"]["message"]
+    assert "TeacherScorer" in message and "'local'" in message
+    events = client.get("/feedback", cast_to=httpx.Response).json()["data"]
+    assert events == []
 
     result = _feedback(
         client, {"completion_id": answer.id, "feedback": "Answer with just the city name."}

@@ -17,8 +17,7 @@ import attrs
 
 from claas.config import DEFAULT_BASE_MODEL
 from claas.errors import InvalidConfig, missing_extra
-from claas.storage import validate_adapter_id
-from claas.types import DistillConfig
+from claas.types import DistillConfig, validate_adapter_id
 
 __all__ = [
     "ALERT_KEYS",

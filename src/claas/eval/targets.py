@@ -1,20 +1,24 @@
 """What the eval drives: an embedded :class:`~claas.Learner` or a remote server.
 
-Both satisfy :class:`EvalTarget`, a deliberately small surface (chat, feedback,
-score and version bookkeeping), so the loop cannot tell them apart.
+:class:`LearnerTarget` drives any :class:`~claas.LearnerLike`: the Learner in
+this process, or a :class:`~claas.Client` of a server
+(:class:`~claas.eval.remote.RemoteTarget`). It satisfies :class:`EvalTarget`, a
+deliberately small surface (chat, feedback, score and version bookkeeping), so
+the loop cannot tell the two apart.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from claas.types import Feedback
-
-if TYPE_CHECKING:
-    from claas.learner import Learner
+from claas.errors import AdapterNotFound
+from claas.learner import Learner
+from claas.learner_like import LearnerLike
+from claas.types import CompletionFeedback
 
 __all__ = ["EvalTarget", "LearnerTarget", "Sample"]
 
@@ -90,17 +94,17 @@ def _user(prompt: str) -> list[dict[str, str]]:
 
 
 class LearnerTarget:
-    """Drive an in-process :class:`~claas.Learner` (the embedded model by default).
+    """Drive a :class:`~claas.Learner` (the embedded model by default) or a Client.
 
     Args:
-        learner: The learner to drive.
+        learner: The learner to drive, in process or a :class:`~claas.Client`.
         lora: LoRA shape of the adapters the eval creates (``rank``, ``alpha``...).
         owns_learner: Close the learner when the target is closed.
     """
 
     def __init__(
         self,
-        learner: Learner,
+        learner: LearnerLike,
         *,
         lora: Mapping[str, Any] | None = None,
         owns_learner: bool = False,
@@ -110,10 +114,14 @@ class LearnerTarget:
         self._owns = owns_learner
 
     def reset_adapter(self, adapter_id: str, *, seed: int) -> int:
-        """Recreate the adapter; its LoRA A matrices are drawn from ``seed``."""
-        if self.learner.store.exists(adapter_id):
+        """Recreate the adapter.
+
+        With the local engine in this process its LoRA A matrices are drawn
+        from ``seed``; a server draws them itself, so ``seed`` is not sent.
+        """
+        with contextlib.suppress(AdapterNotFound):
             self.learner.delete_adapter(adapter_id)
-        if getattr(self.learner.engine, "name", None) == "local":
+        if isinstance(self.learner, Learner) and self.learner.engine.name == "local":
             import torch
 
             torch.manual_seed(seed)
@@ -161,7 +169,7 @@ class LearnerTarget:
         self, adapter_id: str, completion_ids: Sequence[str], text: str, config: Mapping[str, Any]
     ) -> tuple[int, dict[str, float]]:
         """One update from the same feedback on every completion."""
-        items = [Feedback(text=text, completion_id=cid) for cid in completion_ids]
+        items = [CompletionFeedback(completion_id=cid, text=text) for cid in completion_ids]
         result = self.learner.feedback_batch(items, adapter_id=adapter_id, config=config)
         return result.version, {k: float(v) for k, v in result.metrics.items()}
 
@@ -170,6 +178,6 @@ class LearnerTarget:
         return list(self.learner.score(adapter_id, _user(prompt), response).logprobs)
 
     def close(self) -> None:
-        """Close the learner if this target created it."""
+        """Close the learner (or client) if this target owns it."""
         if self._owns:
             self.learner.close()

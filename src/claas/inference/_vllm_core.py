@@ -8,7 +8,7 @@ sync and async clients share every decision:
 
 - each adapter version is served under its own name (:func:`lora_name`),
   loaded from its own version directory on first use or on ``publish``;
-- at most ``Settings.vllm_max_loras`` names stay loaded: superseded versions
+- at most ``Settings.vllm.max_loras`` names stay loaded: superseded versions
   are unloaded first, then the least recently used;
 - a 404 for a name that should be loaded means vLLM restarted (or was told to
   forget it): the flow re-reads ``/v1/models``, loads the version again and
@@ -100,7 +100,7 @@ class VLLMCore:
 
     Args:
         settings: ``base_model`` (the served name to prefer),
-            ``vllm_max_loras`` and the request limits.
+            ``vllm.max_loras`` and the request limits.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -186,7 +186,7 @@ class VLLMCore:
 
     def _over_bound(self, *, keep: str) -> list[str]:
         """Forget the names beyond the bound (lock held): superseded versions first, then LRU."""
-        excess = len(self._loaded) - self.settings.vllm_max_loras
+        excess = len(self._loaded) - self.settings.vllm.max_loras
         if excess <= 0:
             return []
         current: set[str] = set()

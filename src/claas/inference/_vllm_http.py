@@ -24,9 +24,8 @@ from typing import Any
 
 from claas.errors import BackendUnavailable, ClaasError, InvalidRequest, PayloadTooLarge
 from claas.inference.base import Generation, StreamDelta, TeacherTopKLists
-from claas.storage import split_adapter_id
 from claas.thinking import chat_template_kwargs
-from claas.types import AdapterVersion, ChatMessage, SamplingParams
+from claas.types import AdapterVersion, ChatMessage, SamplingParams, split_adapter_id
 
 __all__ = [
     "ChatStreamParser",
@@ -425,6 +424,6 @@ def http_error(status: int, body: Any, *, action: str) -> ClaasError:
     if status in (401, 403):
         return BackendUnavailable(
             f"vLLM refused the credentials for {action} (HTTP {status}); "
-            "check Settings.vllm_api_key"
+            "check Settings.vllm.api_key (CLAAS_VLLM_API_KEY)"
         )
     return BackendUnavailable(f"vLLM failed {action} (HTTP {status}): {message}")

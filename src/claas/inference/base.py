@@ -1,27 +1,40 @@
-"""The inference seam: what every serving backend provides.
+"""The inference seam: what every serving backend provides, and what some can also do.
 
 A backend generates responses for an adapter version (or the bare base model)
 and returns the exact prompt ids, response ids and the logprob of each sampled
 token under the serving policy. It also scores fixed responses and makes new
 adapter versions servable (``publish``).
+
+Optional capabilities are protocols of their own, checked once where they are
+needed (``isinstance(backend, TeacherScorer)``): :class:`TeacherScorer` scores
+teacher top-K logprobs for ``DistillConfig(teacher="remote")`` (vLLM, Tinker);
+:class:`TrainingWindow` lets the server free memory around a training step
+(vLLM's sleep mode); :class:`HasTokenizer` shares a loaded tokenizer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 
 from claas.config import Settings
 from claas.errors import InvalidRequest, PayloadTooLarge
-from claas.types import AdapterVersion, ChatMessage, SamplingParams
+from claas.types import AdapterVersion, ChatMessage, SamplingParams, TeacherTopKLists
+
+if TYPE_CHECKING:
+    from claas.teacher import ChatTokenizer, DistillSample
 
 __all__ = [
     "Generation",
+    "HasTokenizer",
     "InferenceBackend",
     "StreamDelta",
+    "TeacherScorer",
     "TeacherTopKLists",
+    "TrainingWindow",
     "check_generation_limits",
     "check_score_limits",
 ]
@@ -93,19 +106,6 @@ class StreamDelta:
     generation: Generation | None = None
 
 
-@attrs.frozen(kw_only=True)
-class TeacherTopKLists:
-    """Teacher top-K logprobs of one sequence's response positions, as plain lists.
-
-    ``ids[t]`` and ``logprobs[t]`` hold the K most likely tokens at response
-    position ``t``; ``token_logprobs[t]`` is the logprob of the sampled token.
-    """
-
-    ids: tuple[tuple[int, ...], ...]
-    logprobs: tuple[tuple[float, ...], ...]
-    token_logprobs: tuple[float, ...]
-
-
 @runtime_checkable
 class InferenceBackend(Protocol):
     """Serves chats for adapter versions; implemented by local, vLLM, Tinker and fakes."""
@@ -160,4 +160,32 @@ class InferenceBackend(Protocol):
 
     def close(self) -> None:
         """Release resources."""
+        ...
+
+
+@runtime_checkable
+class TeacherScorer(Protocol):
+    """A backend that scores the teacher for ``teacher="remote"`` updates."""
+
+    def teacher_topk(self, samples: Sequence[DistillSample], *, k: int) -> list[TeacherTopKLists]:
+        """Top-``k`` teacher logprobs at each response position of every sample."""
+        ...
+
+
+@runtime_checkable
+class TrainingWindow(Protocol):
+    """A backend that wants to know when a training step runs beside it."""
+
+    def training_window(self) -> AbstractContextManager[None]:
+        """A context around one training step (vLLM may sleep in it to free memory)."""
+        ...
+
+
+@runtime_checkable
+class HasTokenizer(Protocol):
+    """A backend that holds the base model's tokenizer (so it is loaded once)."""
+
+    @property
+    def tokenizer(self) -> ChatTokenizer:
+        """The base model's tokenizer."""
         ...

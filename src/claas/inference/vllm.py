@@ -7,7 +7,8 @@ Start the server yourself, for example::
         --model MODEL_DIR --served-model-name NAME --enable-lora --max-lora-rank 64 \\
         --max-loras 4 --max-logprobs 100
 
-and set ``Settings(inference_backend="vllm", vllm_url="http://host:8000")``.
+and set ``Settings.load(inference_backend="vllm", vllm_url="http://host:8000")``
+(``settings.vllm.url``; ``CLAAS_VLLM_URL``).
 Requests for the base model go to the served base model named like
 ``Settings.base_model`` (so ``--served-model-name`` should be that name), or
 to the only base model the server serves. Each adapter version is loaded from
@@ -55,22 +56,23 @@ _RETRIED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 
 def _client_options(settings: Settings) -> dict[str, Any]:
-    if not settings.vllm_url:
+    vllm = settings.vllm
+    if not vllm.url:
         raise InvalidConfig(
-            "Settings.vllm_url is required by the vllm backend (e.g. CLAAS_VLLM_URL="
+            "Settings.vllm.url is required by the vllm backend (e.g. CLAAS_VLLM_URL="
             "http://127.0.0.1:8000)"
         )
-    headers = {"Authorization": f"Bearer {settings.vllm_api_key}"} if settings.vllm_api_key else {}
-    timeout = httpx.Timeout(settings.vllm_timeout, connect=min(settings.vllm_timeout, 10.0))
-    return {"base_url": settings.vllm_url.rstrip("/"), "headers": headers, "timeout": timeout}
+    headers = {"Authorization": f"Bearer {vllm.api_key}"} if vllm.api_key else {}
+    timeout = httpx.Timeout(vllm.timeout, connect=min(vllm.timeout, 10.0))
+    return {"base_url": vllm.url.rstrip("/"), "headers": headers, "timeout": timeout}
 
 
 def _transport_error(settings: Settings, call: Call, exc: httpx.TransportError) -> Exception:
-    where = f"{settings.vllm_url}{call.path}"
+    where = f"{settings.vllm.url}{call.path}"
     if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
         return BackendUnavailable(
-            f"vLLM at {where} did not answer within {settings.vllm_timeout:g} s "
-            "(Settings.vllm_timeout)"
+            f"vLLM at {where} did not answer within {settings.vllm.timeout:g} s "
+            "(Settings.vllm.timeout)"
         )
     return BackendUnavailable(f"vLLM at {where} is unreachable: {type(exc).__name__}: {exc}")
 
@@ -83,21 +85,21 @@ def _body(response: httpx.Response) -> Any:
 
 
 def _sleep_wanted(settings: Settings) -> bool:
-    return settings.vllm_sleep_during_training and settings.training_engine == "local"
+    return settings.vllm.sleep_during_training and settings.training_engine == "local"
 
 
 class VLLMInference:
     """Serve chats from a running vLLM server (the ``vllm`` inference backend).
 
     Args:
-        settings: ``vllm_url``, ``vllm_api_key``, ``vllm_timeout``,
-            ``vllm_max_loras``, ``base_model`` and the request limits.
+        settings: ``vllm`` (url, api_key, timeout, max_loras),
+            ``base_model`` and the request limits.
         transport: An httpx transport to use instead of the network (tests).
         retries: Extra attempts after a connection error.
         backoff: Seconds before the first retry; doubled for each next one.
 
     Raises:
-        InvalidConfig: If ``settings.vllm_url`` is not set.
+        InvalidConfig: If ``settings.vllm.url`` is not set.
     """
 
     name = "vllm"
@@ -256,7 +258,7 @@ class VLLMInference:
     def training_window(self) -> Iterator[None]:
         """Let vLLM sleep while a local training step runs, if configured and supported.
 
-        Only with ``Settings.vllm_sleep_during_training``, the ``local``
+        Only with ``Settings.vllm.sleep_during_training``, the ``local``
         training engine and a server that reports sleep mode enabled; otherwise
         nothing is sent. Requests to vLLM fail while it sleeps. A failed sleep
         or wake-up never fails the training step: a pending wake-up is retried

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import attrs
 import torch
 
-from claas.inference.base import TeacherTopKLists
 from claas.sdpo import TeacherTopK
 from claas.teacher import DistillSample
+from claas.types import TeacherTopKLists
 
 __all__ = ["Batch", "collate", "remote_teacher_topk"]
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from claas._tinker import TinkerCheckpoint
 from claas.errors import StorageError, TrainingError
-from claas.storage import split_adapter_id
-from claas.types import AdapterVersion
+from claas.types import AdapterVersion, split_adapter_id
 
 __all__ = ["CheckpointIndex"]
 

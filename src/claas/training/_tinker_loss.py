@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from claas import sdpo
+from claas.config import TinkerLoss
 from claas.errors import InvalidConfig
 from claas.sdpo import TeacherTopK
 from claas.teacher import DistillSample
@@ -55,7 +56,7 @@ _PAD_LOGPROB = -30.0
 CustomLoss = Callable[[list[Any], list[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
 
-def select_variant(config: DistillConfig, tinker_loss: str) -> str:
+def select_variant(config: DistillConfig, tinker_loss: TinkerLoss) -> str:
     """The loss variant an update uses, decided by the config alone.
 
     Raises:
@@ -66,9 +67,9 @@ def select_variant(config: DistillConfig, tinker_loss: str) -> str:
     if tinker_loss == "cross_entropy":
         if config.alpha != 0.0 or config.kl_beta > 0.0:
             raise InvalidConfig(
-                "Settings.tinker_loss='cross_entropy' is forward KL only: it needs "
+                "Settings.tinker.loss='cross_entropy' is forward KL only: it needs "
                 f"DistillConfig.alpha=0 and kl_beta=0 (got alpha={config.alpha}, "
-                f"kl_beta={config.kl_beta}); use tinker_loss='sdpo' otherwise"
+                f"kl_beta={config.kl_beta}); use tinker.loss='sdpo' otherwise"
             )
         return "topk_cross_entropy"
     return "topk_sdpo"

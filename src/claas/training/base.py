@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from claas.inference.base import TeacherTopKLists
 from claas.teacher import DistillSample
-from claas.types import AdapterVersion, DistillConfig, DistillResult, LoraSpec
+from claas.types import AdapterVersion, DistillConfig, DistillResult, LoraSpec, TeacherTopKLists
 
 __all__ = ["TrainingEngine"]
 

@@ -22,7 +22,6 @@ import torch
 from claas import sdpo
 from claas.config import Settings
 from claas.errors import NonFiniteUpdate, TrainingError
-from claas.inference.base import TeacherTopKLists
 from claas.models import (
     autocast_context,
     load_model,
@@ -30,7 +29,7 @@ from claas.models import (
 )
 from claas.teacher import DistillSample
 from claas.training._batch import Batch, collate, remote_teacher_topk
-from claas.types import AdapterVersion, DistillConfig, DistillResult, LoraSpec
+from claas.types import AdapterVersion, DistillConfig, DistillResult, LoraSpec, TeacherTopKLists
 
 __all__ = ["LocalTrainer", "lora_parameters"]
 

@@ -25,10 +25,9 @@ from typing import Any
 
 from claas.config import Settings
 from claas.errors import BackendUnavailable, TrainingError, missing_extra
-from claas.inference.base import TeacherTopKLists
 from claas.teacher import DistillSample
 from claas.training import wire
-from claas.types import AdapterVersion, DistillConfig, DistillResult, LoraSpec
+from claas.types import AdapterVersion, DistillConfig, DistillResult, LoraSpec, TeacherTopKLists
 
 __all__ = ["KEY_FILE", "WORKER_CLASS", "ModalTrainer"]
 
@@ -48,7 +47,7 @@ class ModalTrainer:
     """Run SDPO updates on the deployed Modal GPU worker.
 
     Args:
-        settings: ``modal_app`` names the deployed app.
+        settings: ``modal.app`` names the deployed app.
         worker: An instance of the worker class to call instead of looking up
             ``Worker`` in the deployed app; its methods are called through
             ``.remote(...)``.
@@ -69,7 +68,7 @@ class ModalTrainer:
         if self._worker is None:
             modal = _import_modal()
             with _modal_errors(modal, "looking up the worker"):
-                cls = modal.Cls.from_name(self.settings.modal_app, WORKER_CLASS)
+                cls = modal.Cls.from_name(self.settings.modal.app, WORKER_CLASS)
                 self._worker = cls()
         return self._worker
 

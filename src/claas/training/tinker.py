@@ -31,13 +31,12 @@ import torch
 from claas._tinker import TinkerCheckpoint, import_tinker, sample_teacher, service_call
 from claas.config import Settings
 from claas.errors import InvalidConfig, NonFiniteUpdate, StorageError, TrainingError
-from claas.inference.base import TeacherTopKLists
 from claas.sdpo import TeacherTopK
 from claas.teacher import DistillSample
 from claas.training import _tinker_loss as losses
 from claas.training._batch import Batch, collate, remote_teacher_topk
 from claas.training._tinker_index import CheckpointIndex
-from claas.types import AdapterVersion, DistillConfig, DistillResult, LoraSpec
+from claas.types import AdapterVersion, DistillConfig, DistillResult, LoraSpec, TeacherTopKLists
 
 __all__ = ["TinkerTrainer"]
 
@@ -62,7 +61,7 @@ class TinkerTrainer:
 
     Args:
         settings: ``base_model`` is the Tinker model name (e.g. ``Qwen/Qwen3-8B``);
-            ``tinker_loss`` picks the divergence variant; ``adapter_cache_size``
+            ``tinker.loss`` picks the divergence variant; ``adapter_cache_size``
             bounds the training clients kept between updates; the checkpoint
             index lives under ``data_dir``.
         service: A ``tinker.ServiceClient`` (or a stand-in with its methods) to
@@ -194,7 +193,7 @@ class TinkerTrainer:
             NonFiniteUpdate: A step's loss was not finite; nothing is saved.
             TrainingError: The update cannot be computed or the service refused it.
             BackendUnavailable: The service cannot be reached.
-            InvalidConfig: ``tinker_loss='cross_entropy'`` with ``alpha != 0``.
+            InvalidConfig: ``tinker.loss='cross_entropy'`` with ``alpha != 0``.
         """
         if not samples:
             raise TrainingError("an update needs at least one sample")
@@ -204,7 +203,7 @@ class TinkerTrainer:
                 f"{parent.ref} was trained on {parent_ckpt.base_model!r}, but "
                 f"Settings.base_model is {self.settings.base_model!r}"
             )
-        variant = losses.select_variant(config, self.settings.tinker_loss)
+        variant = losses.select_variant(config, self.settings.tinker.loss)
         batch = collate(samples, device="cpu")
         teacher = remote_teacher_topk(
             self._teacher(samples, parent_ckpt, config, remote_teacher), batch, device="cpu"

@@ -14,10 +14,9 @@ from typing import Any
 import attrs
 
 from claas.errors import InvalidRequest
-from claas.inference.base import TeacherTopKLists
-from claas.storage import MANIFEST
+from claas.storage._manifest import MANIFEST
 from claas.teacher import DistillSample
-from claas.types import AdapterVersion, DistillConfig, LoraSpec
+from claas.types import AdapterVersion, DistillConfig, LoraSpec, TeacherTopKLists
 
 __all__ = [
     "distill_request",

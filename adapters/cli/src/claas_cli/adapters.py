@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from claas.types import DEFAULT_TARGET_MODULES, LoraSpec
 from claas_cli.context import ApiKeyOpt, JsonOpt, UrlOpt, open_client, state_of
-from claas_cli.render import format_time, versions_table
+from claas_cli.render import format_time, summary_view, version_view, versions_table
 
 __all__ = ["app"]
 
@@ -21,15 +22,16 @@ app = typer.Typer(
 )
 
 AdapterArg = Annotated[str, typer.Argument(help="Adapter id, namespace/name.", show_default=False)]
+_LORA = LoraSpec()  # the option defaults are the core's
 
 
 @app.command("init")
 def init(
     ctx: typer.Context,
     adapter_id: AdapterArg,
-    rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 32,
-    alpha: Annotated[float, typer.Option(help="LoRA alpha (scale = alpha / rank).")] = 64.0,
-    dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.0,
+    rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = _LORA.rank,
+    alpha: Annotated[float, typer.Option(help="LoRA alpha (scale = alpha / rank).")] = _LORA.alpha,
+    dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = _LORA.dropout,
     target_module: Annotated[
         list[str] | None,
         typer.Option(help="Module to adapt (repeat); default: all attention and MLP projections."),
@@ -47,11 +49,11 @@ def init(
             rank=rank,
             alpha=alpha,
             dropout=dropout,
-            target_modules=target_module,
+            target_modules=tuple(target_module or DEFAULT_TARGET_MODULES),
             exist_ok=exist_ok,
         )
     state.out.data(
-        info,
+        version_view(info, live=True),
         lambda c: c.print(
             f"{escape(info.adapter_id)} v{info.version} on {escape(info.base_model)}"
         ),
@@ -71,7 +73,7 @@ def list_adapters(
     """List adapters with their live version."""
     state = state_of(ctx, json=json)
     with closing(open_client(state, url, api_key)) as client:
-        found = client.adapters(namespace)
+        found = client.adapter_summaries([namespace] if namespace else None)
 
     def human(console: Console) -> None:
         if not found:
@@ -81,16 +83,17 @@ def list_adapters(
         for column in ("adapter", "live", "versions", "base model", "updated"):
             table.add_column(column)
         for item in found:
+            live = item.live
             table.add_row(
                 escape(item.adapter_id),
-                f"v{item.live_version}",
+                f"v{live.version}" if live else f"[red]damaged[/]: {escape(item.error or '')}",
                 str(item.versions),
-                escape(item.base_model),
-                format_time(item.updated),
+                escape(live.base_model) if live else "-",
+                format_time(live.created if live else None),
             )
         console.print(table)
 
-    state.out.data(found, human)
+    state.out.data([summary_view(item) for item in found], human)
 
 
 @app.command("versions")
@@ -105,7 +108,11 @@ def versions(
     state = state_of(ctx, json=json)
     with closing(open_client(state, url, api_key)) as client:
         found = client.versions(adapter_id)
-    state.out.data(found, lambda c: c.print(versions_table(adapter_id, found)))
+        live = client.current_version(adapter_id).version
+    state.out.data(
+        [version_view(v, live=v.version == live) for v in found],
+        lambda c: c.print(versions_table(adapter_id, found, live)),
+    )
 
 
 @app.command("rollback")
@@ -121,7 +128,10 @@ def rollback(
     state = state_of(ctx, json=json)
     with closing(open_client(state, url, api_key)) as client:
         info = client.rollback(adapter_id, version)
-    state.out.data(info, lambda c: c.print(f"{escape(info.adapter_id)} now serves v{info.version}"))
+    state.out.data(
+        version_view(info, live=True),
+        lambda c: c.print(f"{escape(info.adapter_id)} now serves v{info.version}"),
+    )
 
 
 @app.command("export")

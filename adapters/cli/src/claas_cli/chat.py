@@ -10,9 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from claas_cli.client import Answer
+from claas import Completion
 from claas_cli.context import ApiKeyOpt, JsonOpt, UrlOpt, open_client, state_of
-from claas_cli.render import answer_tag
+from claas_cli.render import answer_tag, answer_view
 from claas_cli.repl import Repl
 
 __all__ = ["chat"]
@@ -43,7 +43,7 @@ def chat(
             messages = [{"role": "system", "content": system}] if system else []
             messages.append({"role": "user", "content": message})
             answer = client.chat(adapter_id, messages, **sampling)
-            state.out.data(answer, lambda c: _print_answer(c, answer))
+            state.out.data(answer_view(answer), lambda c: _print_answer(c, answer))
             return
         if sys.stdin.isatty():
             # Importing readline gives input() line editing and history.
@@ -53,6 +53,6 @@ def chat(
         repl.run()
 
 
-def _print_answer(console: Console, answer: Answer) -> None:
+def _print_answer(console: Console, answer: Completion) -> None:
     console.print(answer.text, markup=False, highlight=False, soft_wrap=True)
     console.print(answer_tag(answer))

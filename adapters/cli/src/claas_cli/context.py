@@ -1,4 +1,8 @@
-"""The root options every command shares, and how commands get a Learner from them."""
+"""The root options every command shares, and how commands get a Learner from them.
+
+Commands that take ``--url`` work on a :class:`claas.LearnerLike`: the
+in-process :class:`~claas.Learner`, or a :class:`claas.Client` of the server.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import attrs
 import typer
 
-from claas import Settings
-from claas_cli.client import Client, LocalClient
+from claas import LearnerLike, Settings
 from claas_cli.output import Output
 
 if TYPE_CHECKING:
@@ -85,10 +88,14 @@ ApiKeyOpt = Annotated[
 ]
 
 
-def open_client(state: CliState, url: str | None, api_key: str | None) -> Client:
-    """A client of the server at ``url``, or of an in-process Learner without one."""
-    if url is None:
-        return LocalClient(state.learner())
-    from claas_cli.remote import RemoteClient
+def open_client(state: CliState, url: str | None, api_key: str | None) -> LearnerLike:
+    """A client of the server at ``url``, or an in-process Learner without one.
 
-    return RemoteClient(url, api_key=api_key)
+    Raises:
+        InvalidRequest: If ``url`` is not an http(s) URL.
+    """
+    if url is None:
+        return state.learner()
+    from claas.client import Client
+
+    return Client(url, api_key)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from claas_cli.context import ApiKeyOpt, JsonOpt, UrlOpt, open_client, state_of
-from claas_cli.render import update_line
+from claas_cli.render import update_line, update_view
 
 __all__ = ["feedback", "parse_overrides"]
 
@@ -92,7 +92,13 @@ def feedback(
         if raw:
             assert adapter is not None and prompt is not None and response is not None
             messages = [{"role": "user", "content": prompt}]
-            update = client.feedback_raw(adapter, messages, response, args[0], config=config)
+            update = client.feedback(
+                text=args[0],
+                messages=messages,
+                response=response,
+                adapter_id=adapter,
+                config=config,
+            )
         else:
             update = client.feedback(args[0], args[1], config=config)
-    state.out.data(update, lambda c: c.print(update_line(update)))
+    state.out.data(update_view(update), lambda c: c.print(update_line(update)))

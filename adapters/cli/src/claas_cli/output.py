@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from claas import ClaasError
+from claas import ClaasError, PermissionDenied
 
 __all__ = [
     "CLAAS_ERROR_EXIT",
@@ -86,5 +86,14 @@ class ClaasGroup(TyperGroup):
             return super().invoke(ctx)
         except ClaasError as exc:
             out = getattr(ctx.obj, "out", None)
-            report_error(exc, as_json=bool(out and out.json))
+            report_error(_with_hint(exc), as_json=bool(out and out.json))
             raise typer.Exit(CLAAS_ERROR_EXIT) from None
+
+
+def _with_hint(error: ClaasError) -> ClaasError:
+    """A server's refusal of the (missing) key, with the options that give one."""
+    from claas.client import AUTH_FAILED
+
+    if isinstance(error, PermissionDenied) and str(error).startswith(AUTH_FAILED):
+        return PermissionDenied(f"{error} (give --api-key or CLAAS_API_KEY)")
+    return error

@@ -1,24 +1,92 @@
-"""Rich renderings of CLaaS records, shared by the commands and the REPL."""
+"""How CLaaS records print: rich renderings for humans, plain dicts for ``--json``.
+
+Commands get the core's own records (from a :class:`~claas.Learner` or a
+:class:`~claas.Client`), so local and remote runs print the same.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from claas_cli.client import Answer, Update, VersionInfo
+from claas import AdapterSummary, AdapterVersion, Completion, FeedbackResult
 
-__all__ = ["answer_tag", "format_time", "update_line", "versions_table"]
+__all__ = [
+    "answer_tag",
+    "answer_view",
+    "format_time",
+    "summary_view",
+    "update_line",
+    "update_view",
+    "version_view",
+    "versions_table",
+]
 
 
-def format_time(created: float) -> str:
-    """Local time of a Unix timestamp, to the second."""
+def format_time(created: float | None) -> str:
+    """Local time of a Unix timestamp, to the second (``-`` if unknown)."""
+    if created is None:
+        return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
 
 
-def versions_table(adapter_id: str, versions: Sequence[VersionInfo]) -> Table:
+def answer_view(answer: Completion) -> dict[str, Any]:
+    """A served answer as ``--json`` prints it; ``id`` is what feedback refers to."""
+    return {
+        "id": answer.id,
+        "text": answer.text,
+        "adapter_id": answer.adapter_id,
+        "adapter_version": answer.adapter_version,
+        "finish_reason": answer.finish_reason,
+    }
+
+
+def version_view(version: AdapterVersion, *, live: bool) -> dict[str, Any]:
+    """One version as ``--json`` prints it; ``live`` marks the one chats are served by."""
+    return {
+        "adapter_id": version.adapter_id,
+        "version": version.version,
+        "parent": version.parent,
+        "created": version.created,
+        "live": live,
+        "base_model": version.base_model,
+        "feedback_ids": list(version.feedback_ids),
+        "metrics": dict(version.metrics),
+    }
+
+
+def update_view(result: FeedbackResult) -> dict[str, Any]:
+    """A published update as ``--json`` prints it."""
+    return {
+        "adapter_id": result.adapter_id,
+        "version": result.version,
+        "parent_version": result.parent_version,
+        "feedback_ids": list(result.feedback_ids),
+        "metrics": dict(result.metrics),
+        "timings": dict(result.timings),
+    }
+
+
+def summary_view(summary: AdapterSummary) -> dict[str, Any]:
+    """One adapter as ``adapters ls --json`` prints it (a damaged one has no live version)."""
+    live = summary.live
+    view: dict[str, Any] = {
+        "adapter_id": summary.adapter_id,
+        "live_version": live.version if live else None,
+        "versions": summary.versions,
+        "base_model": live.base_model if live else None,
+        "updated": live.created if live else None,
+    }
+    if summary.error is not None:
+        view["error"] = summary.error
+    return view
+
+
+def versions_table(adapter_id: str, versions: Sequence[AdapterVersion], live: int) -> Table:
     """A table of versions: number (``*`` = live), parent, created, feedback, loss."""
     table = Table(title=f"{escape(adapter_id)} versions")
     for column in ("version", "parent", "created", "feedback", "loss"):
@@ -26,7 +94,7 @@ def versions_table(adapter_id: str, versions: Sequence[VersionInfo]) -> Table:
     for info in versions:
         loss = info.metrics.get("distill_loss", info.metrics.get("loss"))
         table.add_row(
-            f"{'* ' if info.live else '  '}v{info.version}",
+            f"{'* ' if info.version == live else '  '}v{info.version}",
             "-" if info.parent is None else f"v{info.parent}",
             format_time(info.created),
             str(len(info.feedback_ids)),
@@ -35,7 +103,7 @@ def versions_table(adapter_id: str, versions: Sequence[VersionInfo]) -> Table:
     return table
 
 
-def update_line(update: Update) -> str:
+def update_line(update: FeedbackResult) -> str:
     """One line (rich markup) describing a published update."""
     loss = update.metrics.get("distill_loss", update.metrics.get("loss"))
     parts = [f"{escape(update.adapter_id)}: v{update.parent_version} -> [bold]v{update.version}[/]"]
@@ -46,7 +114,7 @@ def update_line(update: Update) -> str:
     return ", ".join(parts)
 
 
-def answer_tag(answer: Answer) -> str:
+def answer_tag(answer: Completion) -> str:
     """``[ns/name@vN] chatcmpl-...`` (rich markup): who answered, and the id for feedback."""
     served = f"{answer.adapter_id}@v{answer.adapter_version}" if answer.adapter_id else "base"
     return f"[dim]\\[{escape(served)}] {escape(answer.id)}[/]"

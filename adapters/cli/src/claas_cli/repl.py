@@ -12,8 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from claas import ClaasError
-from claas_cli.client import Answer, Client
+from claas import ClaasError, Completion, LearnerLike
 from claas_cli.render import answer_tag, update_line, versions_table
 
 __all__ = ["HELP", "Repl"]
@@ -32,7 +31,7 @@ class Repl:
     """A chat session with one adapter.
 
     Args:
-        client: Where chats and updates go (in-process or a server).
+        client: Where chats and updates go (a Learner, or a Client of a server).
         adapter_id: The adapter to talk to.
         console: Where answers and messages are printed.
         sampling: Decoding options for every answer (``max_tokens``, ...).
@@ -43,7 +42,7 @@ class Repl:
 
     def __init__(
         self,
-        client: Client,
+        client: LearnerLike,
         adapter_id: str,
         *,
         console: Console,
@@ -58,7 +57,7 @@ class Repl:
         self.system = system
         self.read = read
         self.history: list[dict[str, str]] = []
-        self.last: Answer | None = None
+        self.last: Completion | None = None
         self.version: int | None = None
         self._commands: dict[str, Callable[[str], bool]] = {
             "/feedback": self._feedback,
@@ -119,7 +118,11 @@ class Repl:
     def _chat(self, text: str) -> bool:
         messages = [{"role": "system", "content": self.system}] if self.system else []
         messages += [*self.history, {"role": "user", "content": text}]
-        answer = self.client.chat(self.adapter_id, messages, on_text=self._write, **self.sampling)
+        stream = self.client.chat_stream(self.adapter_id, messages, **self.sampling)
+        for delta in stream:
+            self._write(delta)
+        assert stream.completion is not None, "a finished stream records its completion"
+        answer = stream.completion
         self.console.print()
         self.console.print(answer_tag(answer))
         self.history += [
@@ -147,7 +150,8 @@ class Repl:
 
     def _versions(self, _: str) -> bool:
         versions = self.client.versions(self.adapter_id)
-        self.console.print(versions_table(self.adapter_id, versions))
+        live = self.client.current_version(self.adapter_id).version
+        self.console.print(versions_table(self.adapter_id, versions, live))
         return True
 
     def _rollback(self, arg: str) -> bool:
@@ -172,6 +176,5 @@ class Repl:
     def _quit(self, _: str) -> bool:
         return False
 
-    def _live_version(self) -> int | None:
-        versions = self.client.versions(self.adapter_id)
-        return next((v.version for v in versions if v.live), None)
+    def _live_version(self) -> int:
+        return self.client.current_version(self.adapter_id).version

@@ -4,7 +4,7 @@ Deploy with ``modal deploy -m claas_modal.app`` (see ``docs/deploy-modal.md``).
 Deploy-time choices come from the environment of the machine that deploys and
 are baked into the image's environment, so every container sees the same:
 
-- ``CLAAS_MODAL_APP`` app name (default ``claas``, = ``Settings.modal_app``);
+- ``CLAAS_MODAL_APP`` app name (default ``claas``, = ``Settings.modal.app``);
 - ``CLAAS_MODAL_GPU`` the worker's GPU (default ``H100``);
 - ``CLAAS_MODAL_WEB_GPU`` the API's GPU for local inference (default: the
   worker's; ``none`` for a CPU-only API);
@@ -29,7 +29,7 @@ from typing import Any
 
 import modal
 
-from claas.config import DEFAULT_BASE_MODEL
+from claas.config import DEFAULT_BASE_MODEL, ModalSettings
 
 __all__ = [
     "APP_NAME",
@@ -48,7 +48,7 @@ __all__ = [
     "web",
 ]
 
-APP_NAME = os.environ.get("CLAAS_MODAL_APP", "claas")
+APP_NAME = os.environ.get("CLAAS_MODAL_APP") or ModalSettings().app
 GPU = os.environ.get("CLAAS_MODAL_GPU", "H100")
 _web_gpu = os.environ.get("CLAAS_MODAL_WEB_GPU", GPU)
 WEB_GPU: str | None = None if _web_gpu.lower() in ("", "none", "cpu") else _web_gpu

@@ -21,7 +21,7 @@ from claas_server import dashboard, learning_api, openai_api
 from claas_server.auth import KeyRing
 from claas_server.deps import Caller, ServerState, State
 from claas_server.errors import ERROR_RESPONSES, install_error_handlers
-from claas_server.metrics import CONTENT_TYPE, Metrics
+from claas_server.metrics import CONTENT_TYPE, LearnerGauges, Metrics
 from claas_server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from claas_server.schemas import Health
 
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, *, learner: Learner | None = No
     state = ServerState(
         settings=settings,
         learner=core,
-        keyring=KeyRing(settings.api_keys),
+        keyring=KeyRing(settings.server.api_keys),
         metrics=Metrics(),
         stream_executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="claas-stream"),
         owns_learner=owns,
@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None, *, learner: Learner | None = No
     app.include_router(_ops_router())
     app.include_router(dashboard.router)
     # Added last = outermost: count every request, 413s included.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_request_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     return app
 
@@ -108,8 +108,9 @@ def _ops_router() -> APIRouter:
     )
     def metrics(state: State, caller: Caller) -> PlainTextResponse:
         """Requests, feedback steps, step latency histogram, queue depth, record counts."""
-        records = state.learner.records.stats() if caller.namespaces is None else None
-        text = state.metrics.render(queue_depth=state.learner.queue_depth(), records=records)
-        return PlainTextResponse(text, media_type=CONTENT_TYPE)
+        # Record counts span every tenant: only a key bound to all namespaces reads them.
+        counts = state.learner.record_counts if caller.namespaces is None else None
+        gauges = LearnerGauges(queue_depth=state.learner.queue_depth, record_counts=counts)
+        return PlainTextResponse(state.metrics.render(gauges), media_type=CONTENT_TYPE)
 
     return router

@@ -1,6 +1,6 @@
 """API keys bound to adapter namespaces.
 
-With ``Settings.api_keys`` empty the server is open (and ``serve`` keeps it on
+With ``Settings.server.api_keys`` empty the server is open (and ``serve`` keeps it on
 loopback). With keys configured, every route but ``/health`` needs
 ``Authorization: Bearer <key>``; a key may only see or change adapters whose
 namespace it is bound to (``"*"`` binds all). The API's description
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import attrs
 
 from claas.errors import PermissionDenied
-from claas.storage import validate_adapter_id
+from claas.types import validate_adapter_id
 from claas_server.errors import Unauthorized
 
 __all__ = ["ALL", "KeyRing", "Principal"]

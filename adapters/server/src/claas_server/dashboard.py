@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from claas import AdapterVersion
-from claas.errors import ClaasError, NotFound
+from claas.errors import ClaasError
 from claas.records import FeedbackEvent
 from claas_server.auth import COOKIE, Principal, bearer_token
 from claas_server.dashboard_html import (
@@ -36,7 +36,7 @@ from claas_server.dashboard_html import (
     td,
     when,
 )
-from claas_server.deps import ServerState, get_state
+from claas_server.deps import ServerState, get_state, store_relative
 from claas_server.errors import Unauthorized, describe
 
 __all__ = ["router"]
@@ -111,12 +111,14 @@ def _loss(metrics: Any) -> float | None:
 
 def _adapter_rows(state: ServerState, caller: Principal) -> list[list[str]]:
     rows = []
-    for adapter_id in caller.visible(state.learner.adapters()):
-        try:
-            live = state.learner.current_version(adapter_id)
-            versions = state.learner.versions(adapter_id)
-        except NotFound:  # deleted meanwhile
+    for summary in state.learner.adapter_summaries(caller.namespaces):
+        adapter_id, live = summary.adapter_id, summary.live
+        link = td(f'<a href="{esc(adapter_href(adapter_id))}">{esc(adapter_id)}</a>', raw=True)
+        if live is None:
+            rows.append([link, td("damaged", cls="status-failed"), td(summary.versions)])
+            rows[-1] += [td(store_relative(state, summary.error or "")), td(""), td(""), td("")]
             continue
+        versions = state.learner.versions(adapter_id)
         losses = [
             loss
             for v in versions
@@ -124,7 +126,7 @@ def _adapter_rows(state: ServerState, caller: Principal) -> list[list[str]]:
         ]
         rows.append(
             [
-                td(f'<a href="{esc(adapter_href(adapter_id))}">{esc(adapter_id)}</a>', raw=True),
+                link,
                 td(f"v{live.version}", cls="live"),
                 td(len(versions), numeric=True),
                 td(live.base_model),
@@ -163,10 +165,7 @@ _FEEDBACK_HEADERS = ("status", "update", "feedback", "loss", "train s", "total s
 
 
 def _visible_events(state: ServerState, caller: Principal, limit: int) -> list[FeedbackEvent]:
-    if caller.namespaces is None:
-        return state.learner.feedback_events(limit=limit)
-    events = state.learner.feedback_events(limit=500)
-    return [e for e in events if caller.allows(e.adapter_id)][:limit]
+    return state.learner.feedback_events(namespaces=caller.namespaces, limit=limit)
 
 
 def _overview(state: ServerState, caller: Principal) -> str:
@@ -223,10 +222,18 @@ def _lineage(versions: Sequence[AdapterVersion], live: int) -> str:
 
 
 def _adapter_page(state: ServerState, caller: Principal, adapter_id: str) -> str:
-    live = state.learner.current_version(adapter_id)
+    summary = state.learner.adapter_summary(adapter_id)
+    if summary.live is None:
+        damage = store_relative(state, summary.error or "")
+        body = (
+            f"<section><h2>{esc(adapter_id)}</h2><p class=status-failed>"
+            f"This adapter cannot be served: {esc(damage)}</p></section>"
+        )
+        return page(f"CLaaS: {adapter_id}", body, who=_who(caller))
+    live = summary.live
     versions = state.learner.versions(adapter_id)
     events = state.learner.feedback_events(adapter_id, limit=100)
-    rollbacks = state.learner.records.events(adapter_id, limit=20)
+    rollbacks = state.learner.rollbacks(adapter_id, limit=20)
     trained = [v for v in versions if v.parent is not None]
     loss_points = [
         (float(v.version), loss) for v in trained if (loss := _loss(v.metrics)) is not None
@@ -250,9 +257,7 @@ def _adapter_page(state: ServerState, caller: Principal, adapter_id: str) -> str
         for v in reversed(versions)
     ]
     rollback_items = "".join(
-        f"<li>{esc(when(r.get('created')))}: v{esc(r.get('from_version'))} "
-        f"→ v{esc(r.get('to_version'))}</li>"
-        for r in rollbacks
+        f"<li>{esc(when(r.created))}: v{r.from_version} → v{r.to_version}</li>" for r in rollbacks
     )
     charts = chart(loss_points, title="distill loss of each update") + chart(
         token_points, title="response tokens learned from", color="#0c6b58"

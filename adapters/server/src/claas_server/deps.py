@@ -74,3 +74,8 @@ def finite(values: Mapping[str, Any]) -> dict[str, float | None]:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         out[str(key)] = float(value) if ok and math.isfinite(value) else None
     return out
+
+
+def store_relative(state: ServerState, text: str) -> str:
+    """``text`` with the adapter store's directory left out: the caller needs not know it."""
+    return text.replace(f"{state.learner.settings.adapters_dir}/", "")

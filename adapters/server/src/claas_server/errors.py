@@ -7,15 +7,17 @@ Every error body has OpenAI's shape, so the official client raises the right
                "code": "adapter_not_found"}}
 
 Core exceptions map by class (the most specific class in the exception's MRO
-wins); FastAPI's request validation errors and Starlette's HTTP exceptions are
-rewritten to the same shape. Server errors (5xx) never echo internal messages,
-which may hold file paths or backend URLs; they are logged instead.
+wins) to an HTTP status and an OpenAI error type; the ``code`` is the core's
+own (:func:`claas.errors.error_code`), so clients decode it with the same
+table (:func:`claas.errors.error_for_code`). FastAPI's request validation
+errors and Starlette's HTTP exceptions are rewritten to the same shape. Server
+errors (5xx) never echo internal messages, which may hold file paths or backend
+URLs; they are logged instead.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +38,7 @@ from claas.errors import (
     PermissionDenied,
     StorageError,
     TrainingError,
+    error_code,
 )
 from claas_server.schemas import ErrorResponse
 
@@ -97,10 +100,6 @@ _PUBLIC_5XX = {
 }
 
 
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
 def status_for(exc: BaseException) -> tuple[int, str]:
     """The HTTP status and OpenAI error type of an exception (500 if unknown)."""
     for cls in type(exc).__mro__:
@@ -137,7 +136,7 @@ def error_response(
 def describe(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """The HTTP status and error body of an exception (5xx bodies say nothing internal)."""
     status, kind = status_for(exc)
-    code = _snake(type(exc).__name__)
+    code = error_code(exc)
     if status >= 500:
         log.error("request failed with %s", type(exc).__name__, exc_info=exc)
         public = next(

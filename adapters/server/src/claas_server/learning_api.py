@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated
 
@@ -17,11 +18,18 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from claas import AdapterVersion, Feedback
-from claas.errors import NotFound, TrainingError
-from claas.types import DEFAULT_TARGET_MODULES, messages_from_dicts
+from claas import AdapterSummary, AdapterVersion, CompletionFeedback, Feedback, RawFeedback
+from claas.errors import TrainingError
+from claas.types import DEFAULT_TARGET_MODULES
 from claas_server.auth import Principal
-from claas_server.deps import Caller, ServerState, State, finite, resolve_model
+from claas_server.deps import (
+    Caller,
+    ServerState,
+    State,
+    finite,
+    resolve_model,
+    store_relative,
+)
 from claas_server.errors import ERROR_RESPONSES
 from claas_server.schemas import (
     AdapterCreate,
@@ -33,6 +41,7 @@ from claas_server.schemas import (
     FeedbackEventList,
     FeedbackRequest,
     FeedbackResponse,
+    RollbackInfo,
     RollbackRequest,
     ScoreRequest,
     ScoreResponse,
@@ -96,24 +105,18 @@ def _version_info(version: AdapterVersion, live: int) -> AdapterVersionInfo:
 
 def _core_items(request: FeedbackRequest, state: ServerState, caller: Principal) -> list[Feedback]:
     """Build the core's items, checking the caller may use every adapter involved."""
-    items = []
+    items: list[Feedback] = []
     for item in request.all_items():
         if item.completion_id is not None:
             served_by = state.learner.get_completion(item.completion_id).adapter_id
             if served_by is not None:
                 caller.require(served_by)
-        items.append(
-            Feedback(
-                text=item.feedback,
-                completion_id=item.completion_id,
-                messages=(
-                    messages_from_dicts([m.to_core() for m in item.messages])
-                    if item.messages is not None
-                    else None
-                ),
-                response=item.response,
-            )
-        )
+        if item.completion_id is not None:
+            items.append(CompletionFeedback(completion_id=item.completion_id, text=item.feedback))
+        else:
+            messages = [m.to_core() for m in item.messages or ()]
+            response = item.response or ""  # the schema requires it with messages
+            items.append(RawFeedback(messages=messages, response=response, text=item.feedback))
     return items
 
 
@@ -172,13 +175,7 @@ def feedback_events(
     """Feedback events, newest first, of one adapter or of every adapter the key may see."""
     if adapter_id is not None:
         caller.require(adapter_id)
-        events = state.learner.feedback_events(adapter_id, limit=limit)
-    else:
-        # Over-fetch, then keep the caller's: other tenants' events are never returned.
-        events = state.learner.feedback_events(
-            None, limit=limit if caller.namespaces is None else 500
-        )
-        events = [e for e in events if caller.allows(e.adapter_id)][:limit]
+    events = state.learner.feedback_events(adapter_id, namespaces=caller.namespaces, limit=limit)
     return FeedbackEventList(
         data=[
             FeedbackEventInfo(
@@ -213,14 +210,16 @@ def create_adapter(body: AdapterCreate, state: State, caller: Caller) -> Adapter
     return _version_info(version, version.version)
 
 
-def _adapter_info(state: ServerState, adapter_id: str) -> AdapterInfo:
-    live = state.learner.current_version(adapter_id)
+def _adapter_info(state: ServerState, summary: AdapterSummary) -> AdapterInfo:
+    live = summary.live
+    error = store_relative(state, summary.error) if summary.error is not None else None
     return AdapterInfo(
-        id=adapter_id,
-        live_version=live.version,
-        base_model=live.base_model,
-        created=live.created,
-        versions=len(state.learner.versions(adapter_id)),
+        id=summary.adapter_id,
+        live_version=live.version if live else None,
+        base_model=live.base_model if live else None,
+        created=live.created if live else None,
+        versions=summary.versions,
+        error=error,
     )
 
 
@@ -231,14 +230,12 @@ def list_adapters(
     namespace: Annotated[str | None, Query(max_length=64)] = None,
 ) -> AdapterList:
     """The adapters the key may see (optionally of one namespace)."""
-    ids = state.learner.adapters(namespace) if namespace else state.learner.adapters()
-    data = []
-    for adapter_id in caller.visible(ids):
-        try:
-            data.append(_adapter_info(state, adapter_id))
-        except NotFound:  # deleted since it was listed
-            continue
-    return AdapterList(data=data)
+    namespaces: Collection[str] | None = caller.namespaces
+    if namespace:
+        allowed = caller.namespaces is None or namespace in caller.namespaces
+        namespaces = {namespace} if allowed else set()
+    summaries = state.learner.adapter_summaries(namespaces)
+    return AdapterList(data=[_adapter_info(state, s) for s in summaries])
 
 
 @router.get(
@@ -249,7 +246,8 @@ def list_adapters(
 )
 def get_adapter(namespace: str, name: str, state: State, caller: Caller) -> AdapterInfo:
     """The adapter's live version and how many versions are retained."""
-    return _adapter_info(state, caller.require(_adapter_id(namespace, name)))
+    adapter_id = caller.require(_adapter_id(namespace, name))
+    return _adapter_info(state, state.learner.adapter_summary(adapter_id))
 
 
 @router.get(
@@ -267,7 +265,7 @@ def list_versions(namespace: str, name: str, state: State, caller: Caller) -> Ve
         adapter_id=adapter_id,
         live_version=live,
         data=[_version_info(v, live) for v in versions],
-        events=state.learner.records.events(adapter_id),
+        events=[RollbackInfo(**r.to_dict()) for r in state.learner.rollbacks(adapter_id)],
     )
 
 

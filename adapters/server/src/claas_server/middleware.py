@@ -65,7 +65,7 @@ class BodyLimitMiddleware:
         response = error_response(
             413,
             f"the request body exceeds the limit of {self.max_bytes} bytes "
-            "(Settings.max_request_bytes)",
+            "(Settings.server.max_request_bytes)",
             code="payload_too_large",
             headers={"Connection": "close"},
         )

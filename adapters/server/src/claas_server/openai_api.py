@@ -3,12 +3,14 @@
 ``model`` names an adapter (``namespace/name``) or the base model (its name, or
 ``base``). The response ``id`` is the completion id that ``POST /v1/feedback``
 takes; ``adapter_version`` and ``system_fingerprint`` (``claas-<adapter>@<v>``)
-say which version answered.
+say which version answered. ``GET /v1/chat/completions/{id}`` (as in OpenAI's
+stored completions) returns the recorded completion with its exact tokens.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -30,6 +32,7 @@ from claas_server.schemas import (
     ChoiceLogprobs,
     ChunkChoice,
     ChunkDelta,
+    CompletionRecord,
     CompletionRequest,
     ModelInfo,
     ModelList,
@@ -322,3 +325,46 @@ def get_model(model: str, state: State, caller: Caller) -> ModelInfo:
         parent=live.base_model,
         version=live.version,
     )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def completion_record(completion: Completion) -> CompletionRecord:
+    """The JSON form of a recorded completion."""
+    return CompletionRecord(
+        id=completion.id,
+        adapter_id=completion.adapter_id,
+        adapter_version=completion.adapter_version,
+        model=completion.model,
+        messages=[m.to_dict() for m in completion.messages],
+        prompt_ids=list(completion.prompt_ids),
+        response_ids=list(completion.response_ids),
+        response_logprobs=[_finite(lp) for lp in completion.response_logprobs],
+        text=completion.text,
+        raw_text=completion.raw_text,
+        finish_reason=completion.finish_reason,
+        created=completion.created,
+        top_logprobs=[
+            [(token, _finite(lp)) for token, lp in position] for position in completion.top_logprobs
+        ],
+        thinking=completion.thinking,
+    )
+
+
+@router.get(
+    "/v1/chat/completions/{completion_id}",
+    response_model=CompletionRecord,
+    summary="A recorded completion with its exact tokens",
+)
+def get_chat_completion(completion_id: str, state: State, caller: Caller) -> CompletionRecord:
+    """The completion ``id`` names, as recorded: prompt and response token ids, logprobs.
+
+    A completion of an adapter needs a key that may use its namespace; one of the
+    base model is readable by whoever knows its (unguessable) id, as feedback is.
+    """
+    completion = state.learner.get_completion(completion_id)
+    if completion.adapter_id is not None:
+        caller.require(completion.adapter_id)
+    return completion_record(completion)

@@ -6,13 +6,21 @@ requests (feedback, adapters, score) forbid unknown fields and are strictly type
 so a typo or a string for a number is an error rather than a silent guess. Value
 rules the core already enforces (non-empty feedback, LoRA and DistillConfig
 ranges, adapter id syntax) are left to the core: one rule, one message.
+The fields (and documentation) of ``DistillOverrides`` are derived from
+``claas.DistillConfig``, and the LoRA defaults of ``AdapterCreate`` are
+``claas.LoraSpec``'s, so the core states each once.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import inspect
+import typing
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import attrs
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from claas.types import DistillConfig, LoraSpec, Role
 
 __all__ = [
     "AdapterCreate",
@@ -43,6 +51,7 @@ __all__ = [
 ]
 
 SEED_MAX = 2**63 - 1
+_LORA = LoraSpec()
 
 
 class _OpenAIRequest(BaseModel):
@@ -87,7 +96,7 @@ class TextPart(_OpenAIRequest):
 class ChatMessageIn(_OpenAIRequest):
     """An OpenAI chat message; ``developer`` is read as ``system``. Only text content."""
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Role | Literal["developer"]
     content: str | list[TextPart] | None = None
     name: str | None = None
 
@@ -316,22 +325,60 @@ class ModelList(_Response):
 # --------------------------------------------------------------------- learning
 
 
-class DistillOverrides(_Request):
-    """Fields of ``claas.DistillConfig`` to change for this update (ranges checked by the core)."""
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """The ``Attributes:`` section of a Google-style class docstring, by name."""
+    docs: dict[str, str] = {}
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    inside, name = False, ""
+    for line in lines:
+        if line.strip() == "Attributes:":
+            inside = True
+        elif inside and line.startswith(" " * 8) and name:
+            docs[name] += " " + line.strip()
+        elif inside and line.startswith(" " * 4) and ":" in line:
+            name, _, text = line.strip().partition(":")
+            docs[name] = text.strip()
+        elif inside and line.strip():
+            break
+    return docs
 
-    learning_rate: float | None = None
-    alpha: float | None = None
-    top_k: int | None = None
-    add_tail: bool | None = None
-    loss: Literal["divergence", "token"] | None = None
-    teacher: Literal["base", "current", "remote"] | None = None
-    is_clip: float | None = None
-    kl_beta: float | None = None
-    max_grad_norm: float | None = None
-    weight_decay: float | None = None
-    adam_betas: list[float] | None = Field(default=None, min_length=2, max_length=2)
-    steps: int | None = None
-    chunk_size: int | None = None
+
+def _wire_type(hint: Any) -> Any:
+    """The JSON form of a field type: a tuple becomes a list (of a fixed length)."""
+    if typing.get_origin(hint) is not tuple:
+        return hint
+    items = typing.get_args(hint)
+    element = items[0]
+    if len(items) == 2 and items[1] is Ellipsis:
+        return list[element]  # type: ignore[valid-type]
+    size = Field(min_length=len(items), max_length=len(items))
+    return Annotated[list[element], size]  # type: ignore[valid-type]
+
+
+def _override_fields(cls: type) -> dict[str, Any]:
+    """One optional (``None`` = keep) pydantic field per attrs field of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    docs = _attribute_docs(cls)
+    return {
+        field.name: (
+            _wire_type(hints[field.name]) | None,
+            Field(default=None, description=docs.get(field.name)),
+        )
+        for field in attrs.fields(cls)
+    }
+
+
+if TYPE_CHECKING:
+    DistillOverrides = _Request
+else:
+    DistillOverrides = create_model(
+        "DistillOverrides",
+        __base__=_Request,
+        __doc__="Fields of ``claas.DistillConfig`` to change for this update "
+        "(types checked here, ranges by the core).",
+        __module__=__name__,
+        **_override_fields(DistillConfig),
+    )
 
 
 class FeedbackItem(_Request):
@@ -431,10 +478,13 @@ class AdapterCreate(_Request):
     """``POST /v1/adapters``: a new adapter whose version 0 equals the base model."""
 
     adapter_id: str = Field(max_length=256, description="`namespace/name`")
-    rank: int = 32
-    alpha: float = 64.0
-    dropout: float = 0.0
-    target_modules: list[str] | None = None
+    rank: int = Field(default=_LORA.rank, description="LoRA rank.")
+    alpha: float = Field(default=_LORA.alpha, description="LoRA alpha (scale = alpha / rank).")
+    dropout: float = Field(default=_LORA.dropout, description="LoRA dropout.")
+    target_modules: list[str] | None = Field(
+        default=None,
+        description=f"Modules to adapt; default {list(_LORA.target_modules)}.",
+    )
     exist_ok: bool = False
 
 
@@ -452,13 +502,41 @@ class AdapterVersionInfo(_Response):
     live: bool = Field(description="Whether chats are served by this version.")
 
 
+class CompletionRecord(_Response):
+    """A recorded completion with the exact tokens it was served as (``claas.Completion``).
+
+    Non-finite logprobs are ``null``.
+    """
+
+    id: str
+    object: Literal["claas.completion"] = "claas.completion"
+    adapter_id: str | None
+    adapter_version: int | None
+    model: str = Field(description="The base model.")
+    messages: list[dict[str, str]] = Field(description="The conversation answered.")
+    prompt_ids: list[int]
+    response_ids: list[int]
+    response_logprobs: list[float | None]
+    text: str = Field(description="The answer as shown (thinking removed).")
+    raw_text: str
+    finish_reason: str
+    created: float
+    top_logprobs: list[list[tuple[int, float | None]]] = Field(
+        description="Per response token, the most likely alternatives as [token_id, logprob]."
+    )
+    thinking: bool
+
+
 class AdapterInfo(_Response):
     id: str
     object: Literal["adapter"] = "adapter"
-    live_version: int
-    base_model: str
-    created: float = Field(description="When the live version was published.")
+    live_version: int | None = Field(description="None when `error` says the pointer is damaged.")
+    base_model: str | None
+    created: float | None = Field(description="When the live version was published.")
     versions: int = Field(description="Versions retained.")
+    error: str | None = Field(
+        default=None, description="Why the adapter cannot be served (a damaged LATEST pointer)."
+    )
 
 
 class AdapterList(_Response):
@@ -466,12 +544,20 @@ class AdapterList(_Response):
     data: list[AdapterInfo]
 
 
+class RollbackInfo(_Response):
+    kind: Literal["rollback"] = "rollback"
+    adapter_id: str
+    from_version: int
+    to_version: int
+    created: float
+
+
 class VersionList(_Response):
     object: Literal["list"] = "list"
     adapter_id: str
     live_version: int
     data: list[AdapterVersionInfo]
-    events: list[dict[str, Any]] = Field(description="Rollbacks, newest first.")
+    events: list[RollbackInfo] = Field(description="Rollbacks, newest first.")
 
 
 class RollbackRequest(_Request):

@@ -2,7 +2,7 @@
 
 Without API keys the server is open to anyone who can reach it, so it listens
 only on loopback unless remote access is allowed explicitly
-(``allow_remote=True`` or ``Settings.allow_remote_without_keys``).
+(``allow_remote=True`` or ``Settings.server.allow_remote_without_keys``).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ def check_host(settings: Settings, host: str, *, allow_remote: bool = False) -> 
         InvalidConfig: The server would be reachable from other machines with no
             key required, and that was not explicitly allowed.
     """
-    if settings.api_keys or is_loopback(host):
+    if settings.server.api_keys or is_loopback(host):
         return
-    if allow_remote or settings.allow_remote_without_keys:
+    if allow_remote or settings.server.allow_remote_without_keys:
         return
     raise InvalidConfig(
         f"refusing to listen on {host!r} without API keys: anyone who can reach it could "

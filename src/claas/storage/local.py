@@ -22,124 +22,42 @@ the adapter's lock is next free.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import re
 import shutil
 import threading
 import time
 import uuid
-import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeGuard, runtime_checkable
+from typing import Any, TypeGuard
 
 import attrs
 
 from claas.errors import (
     AdapterExists,
     AdapterNotFound,
-    InvalidAdapterId,
     InvalidConfig,
     InvalidRequest,
     StorageError,
     VersionNotFound,
 )
-from claas.types import AdapterVersion, LoraSpec
-
-__all__ = [
-    "FORMAT_VERSION",
-    "AdapterStore",
-    "LocalAdapterStore",
-    "WriteFn",
-    "split_adapter_id",
-    "validate_adapter_id",
-]
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-WriteFn = Callable[[Path], None]
-
-_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_ID_RULE = (
-    "an adapter id is 'namespace/name', each part 1-64 characters of A-Z a-z 0-9 _ - . "
-    "starting with a letter or digit, with no '..' and at most 129 characters in all"
+from claas.storage._files import flock, fsync, listdir, write_json
+from claas.storage._manifest import FORMAT_VERSION, MANIFEST, parse_manifest
+from claas.storage.base import WriteFn
+from claas.types import (
+    AdapterVersion,
+    LoraSpec,
+    split_adapter_id,
+    valid_id_part,
 )
-# A version's location is where it is found, so a stored "path" is ignored.
-_VERSION_KEYS = frozenset(f.name for f in attrs.fields(AdapterVersion)) - {"path"}
-_KNOWN_KEYS = _VERSION_KEYS | {"format_version", "path"}
+
+__all__ = ["LocalAdapterStore"]
+
+
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
-
-
-def validate_adapter_id(adapter_id: str) -> str:
-    """Check that ``adapter_id`` is a safe ``namespace/name`` and return it unchanged.
-
-    Raises:
-        InvalidAdapterId: If it breaks the rule; the message states the rule.
-    """
-    if not isinstance(adapter_id, str):
-        raise InvalidAdapterId(f"adapter id must be a string, not {type(adapter_id).__name__}")
-    parts = adapter_id.split("/")
-    if len(adapter_id) > 129 or len(parts) != 2 or not all(map(_valid_part, parts)):
-        shown = adapter_id if len(adapter_id) <= 80 else adapter_id[:77] + "..."
-        raise InvalidAdapterId(f"invalid adapter id {shown!r}: {_ID_RULE}")
-    return adapter_id
-
-
-def split_adapter_id(adapter_id: str) -> tuple[str, str]:
-    """Validate ``adapter_id`` and return its ``(namespace, name)``.
-
-    Raises:
-        InvalidAdapterId: If the id is not a valid ``namespace/name``.
-    """
-    namespace, name = validate_adapter_id(adapter_id).split("/")
-    return namespace, name
-
-
-@runtime_checkable
-class AdapterStore(Protocol):
-    """Where adapter versions live; :class:`LocalAdapterStore` documents the contract."""
-
-    def create(
-        self,
-        adapter_id: str,
-        *,
-        base_model: str,
-        lora: LoraSpec,
-        write: WriteFn,
-        engine: str = "local",
-    ) -> AdapterVersion: ...
-
-    def publish(
-        self,
-        adapter_id: str,
-        *,
-        parent: int,
-        write: WriteFn,
-        distill_config: Mapping[str, Any] | None = None,
-        feedback_ids: Sequence[str] = (),
-        metrics: Mapping[str, float] | None = None,
-        engine: str = "local",
-    ) -> AdapterVersion: ...
-
-    def get(self, adapter_id: str, version: int | None = None) -> AdapterVersion: ...
-
-    def latest_version(self, adapter_id: str) -> int: ...
-
-    def versions(self, adapter_id: str) -> list[AdapterVersion]: ...
-
-    def rollback(self, adapter_id: str, version: int) -> AdapterVersion: ...
-
-    def export(self, adapter_id: str, version: int | None, dest: Path) -> Path: ...
-
-    def delete(self, adapter_id: str) -> None: ...
-
-    def list_adapters(self, namespace: str | None = None) -> list[str]: ...
-
-    def exists(self, adapter_id: str) -> bool: ...
 
 
 class LocalAdapterStore:
@@ -197,7 +115,7 @@ class LocalAdapterStore:
             raise InvalidRequest(f"lora must be a LoraSpec, not {type(lora).__name__}")
         adapter_dir = self.root / namespace / name
         with self._locked(adapter_id):
-            _fsync(self.root)  # the namespace directory the lock file may have created
+            fsync(self.root)  # the namespace directory the lock file may have created
             self._clean(adapter_id)
             if self._complete(adapter_dir):
                 raise AdapterExists(f"adapter {adapter_id!r} already exists")
@@ -214,16 +132,16 @@ class LocalAdapterStore:
             tree = self._ns_staging_path(namespace, name)
             try:
                 self._build_version(tree / "versions" / _vname(0), write, version)
-                _write_json(tree / "LATEST", {"version": 0})
-                _fsync(tree / "versions")
-                _fsync(tree)
+                write_json(tree / "LATEST", {"version": 0})
+                fsync(tree / "versions")
+                fsync(tree)
                 if adapter_dir.exists():  # a damaged remnant without any complete version
                     self._discard(adapter_dir, self._ns_staging_path(namespace, name))
                 os.rename(tree, adapter_dir)
             except BaseException:
                 shutil.rmtree(tree, ignore_errors=True)
                 raise
-            _fsync(adapter_dir.parent)
+            fsync(adapter_dir.parent)
         return version
 
     def publish(
@@ -263,7 +181,7 @@ class LocalAdapterStore:
             raise InvalidRequest("feedback_ids must be a sequence of ids, not a string")
         with self._mutating(adapter_id) as adapter_dir:
             base = self._load(adapter_id, adapter_dir, parent)
-            number = max([*self._numbers(adapter_dir), self._read_latest(adapter_dir) or 0]) + 1
+            number = max([*self._numbers(adapter_dir), self._read_latest(adapter_dir)]) + 1
             final = adapter_dir / "versions" / _vname(number)
             version = AdapterVersion(
                 adapter_id=adapter_id,
@@ -285,7 +203,7 @@ class LocalAdapterStore:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            _fsync(final.parent)
+            fsync(final.parent)
             self._write_latest(adapter_dir, number)
             self._prune(adapter_dir, self.keep_versions)
         return version
@@ -342,13 +260,13 @@ class LocalAdapterStore:
         if version is not None:
             return self._load(adapter_id, adapter_dir, version)
         latest = self._read_latest(adapter_dir)
-        if latest is not None:
-            with contextlib.suppress(VersionNotFound):
-                return self._load(adapter_id, adapter_dir, latest)
-        complete = self._complete(adapter_dir)
-        if not complete:
-            raise AdapterNotFound(f"adapter {adapter_id!r} does not exist")
-        return self._load(adapter_id, adapter_dir, complete[-1])
+        try:
+            return self._load(adapter_id, adapter_dir, latest)
+        except VersionNotFound:
+            raise StorageError(
+                f"{adapter_dir / 'LATEST'} points at version {latest}, which does not exist; "
+                "nothing is served from this adapter until LATEST names a complete version"
+            ) from None
 
     def latest_version(self, adapter_id: str) -> int:
         """Return the number ``latest`` points at.
@@ -418,11 +336,11 @@ class LocalAdapterStore:
         """
         if namespace is not None:
             split_adapter_id(f"{namespace}/x")
-        names = [namespace] if namespace is not None else _listdir(self.root)
+        names = [namespace] if namespace is not None else listdir(self.root)
         return [
             f"{ns}/{name}"
-            for ns in sorted(filter(_valid_part, names))
-            for name in sorted(filter(_valid_part, _listdir(self.root / ns)))
+            for ns in sorted(filter(valid_id_part, names))
+            for name in sorted(filter(valid_id_part, listdir(self.root / ns)))
             if self._complete(self.root / ns / name)
         ]
 
@@ -463,7 +381,7 @@ class LocalAdapterStore:
             yield False
             return
         try:
-            fd = _flock(lock_path, blocking=blocking)
+            fd = flock(lock_path, blocking=blocking)
             try:
                 yield fd is not None
             finally:
@@ -484,8 +402,8 @@ class LocalAdapterStore:
         namespace, name = split_adapter_id(adapter_id)
         own = self.root / namespace / name / ".staging"
         shared = self.root / namespace / ".staging"
-        return [own / entry for entry in _listdir(own)] + [
-            shared / entry for entry in _listdir(shared) if entry.partition("~")[0] == name
+        return [own / entry for entry in listdir(own)] + [
+            shared / entry for entry in listdir(shared) if entry.partition("~")[0] == name
         ]
 
     def _clean(self, adapter_id: str) -> None:
@@ -504,15 +422,15 @@ class LocalAdapterStore:
 
     def _sweep(self) -> None:
         """Clean the leftovers of crashed writers whose adapters are not locked now."""
-        for namespace in filter(_valid_part, _listdir(self.root)):
-            names = set(_listdir(self.root / namespace))
-            names |= {e.partition("~")[0] for e in _listdir(self.root / namespace / ".staging")}
-            for name in sorted(filter(_valid_part, names)):
+        for namespace in filter(valid_id_part, listdir(self.root)):
+            names = set(listdir(self.root / namespace))
+            names |= {e.partition("~")[0] for e in listdir(self.root / namespace / ".staging")}
+            for name in sorted(filter(valid_id_part, names)):
                 self._try_clean(f"{namespace}/{name}")
 
     def _numbers(self, adapter_dir: Path) -> list[int]:
         """All version numbers present, complete or not (they are all taken)."""
-        names = _listdir(adapter_dir / "versions")
+        names = listdir(adapter_dir / "versions")
         return sorted(int(n) for n in names if n.isascii() and n.isdigit())
 
     def _complete(self, adapter_dir: Path) -> list[int]:
@@ -527,40 +445,53 @@ class LocalAdapterStore:
             text = (version_dir / MANIFEST).read_text(encoding="utf-8")
         except (FileNotFoundError, NotADirectoryError):
             raise VersionNotFound(f"{adapter_id}@{version} does not exist") from None
-        return _parse_manifest(text, version_dir)
+        return parse_manifest(text, version_dir)
 
     def _build_version(self, version_dir: Path, write: WriteFn, version: AdapterVersion) -> None:
         version_dir.mkdir(parents=True)
         write(version_dir)
         for dirpath, _, filenames in os.walk(version_dir, topdown=False):
             for filename in filenames:
-                _fsync(Path(dirpath, filename))
-            _fsync(Path(dirpath))
+                fsync(Path(dirpath, filename))
+            fsync(Path(dirpath))
         manifest = {"format_version": FORMAT_VERSION, **attrs.asdict(version)}
         del manifest["path"]
-        _write_json(version_dir / MANIFEST, manifest)  # last: its presence marks completeness
-        _fsync(version_dir)
+        write_json(version_dir / MANIFEST, manifest)  # last: its presence marks completeness
+        fsync(version_dir)
 
-    def _read_latest(self, adapter_dir: Path) -> int | None:
+    def _read_latest(self, adapter_dir: Path) -> int:
+        """The version ``LATEST`` names.
+
+        Every adapter is created with its ``LATEST`` and it is only ever replaced
+        atomically, so a missing or unreadable file is damage: serving the newest
+        version instead would silently undo a rollback.
+
+        Raises:
+            StorageError: Naming the file, if it is missing, unreadable or malformed.
+        """
+        path = adapter_dir / "LATEST"
         try:
-            data = json.loads((adapter_dir / "LATEST").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise StorageError(f"{path} is missing; the adapter has no live version") from None
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"{path} is unreadable: {exc}") from None
         value = data.get("version") if isinstance(data, dict) else None
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise StorageError(f'{path} is malformed: expected {{"version": N}}, got {data!r}')
+        return value
 
     def _write_latest(self, adapter_dir: Path, version: int) -> None:
         staging = adapter_dir / ".staging"
         staging.mkdir(exist_ok=True)
         tmp = staging / f"LATEST~{uuid.uuid4().hex}"
-        _write_json(tmp, {"version": version})
+        write_json(tmp, {"version": version})
         os.replace(tmp, adapter_dir / "LATEST")
-        _fsync(adapter_dir)
+        fsync(adapter_dir)
 
     def _prune(self, adapter_dir: Path, keep: int) -> list[int]:
         complete = self._complete(adapter_dir)
-        latest = self._read_latest(adapter_dir)
-        kept = {*complete[-keep:], latest if latest is not None else complete[-1]}
+        kept = {*complete[-keep:], self._read_latest(adapter_dir)}
         retired = [n for n in complete if n not in kept]
         (adapter_dir / ".staging").mkdir(exist_ok=True)
         for number in retired:
@@ -572,28 +503,8 @@ class LocalAdapterStore:
     def _discard(path: Path, trash: Path) -> None:
         """Remove a tree so that a crash midway never leaves part of it in place."""
         os.rename(path, trash)
-        _fsync(path.parent)
+        fsync(path.parent)
         shutil.rmtree(trash, ignore_errors=True)
-
-
-def _flock(path: Path, *, blocking: bool) -> int | None:
-    """Lock ``path`` exclusively; return the open descriptor, or None if busy."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            held, current = os.fstat(fd), os.stat(path)
-        except BaseException as exc:
-            os.close(fd)
-            if isinstance(exc, BlockingIOError):
-                return None
-            if isinstance(exc, FileNotFoundError):  # a delete unlinked it while we waited
-                continue
-            raise
-        if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
-            return fd
-        os.close(fd)
 
 
 def _vname(version: int) -> str:
@@ -602,55 +513,3 @@ def _vname(version: int) -> str:
 
 def _is_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _valid_part(part: str) -> bool:
-    return bool(_PART.fullmatch(part)) and ".." not in part
-
-
-def _listdir(path: Path) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _parse_manifest(text: str, version_dir: Path) -> AdapterVersion:
-    where = version_dir / MANIFEST
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise StorageError(f"{where} is not valid JSON: {exc}") from exc
-    fmt = data.get("format_version") if isinstance(data, dict) else None
-    if not _is_count(fmt):
-        raise StorageError(f"{where} has no valid format_version (got {fmt!r})")
-    if fmt > FORMAT_VERSION:
-        raise StorageError(
-            f"{where} has format_version {fmt}; this claas reads up to {FORMAT_VERSION}, "
-            "upgrade claas to read it"
-        )
-    unknown = sorted(set(data) - _KNOWN_KEYS)
-    if unknown:
-        warnings.warn(f"{where}: ignoring unknown manifest key(s) {unknown}", stacklevel=4)
-    fields = {key: data[key] for key in _VERSION_KEYS if key in data}
-    fields["feedback_ids"] = tuple(fields.get("feedback_ids") or ())
-    try:
-        return AdapterVersion(**fields, path=str(version_dir))
-    except TypeError as exc:
-        raise StorageError(f"{where} lacks or mistypes a field: {exc}") from exc

@@ -1,4 +1,4 @@
-"""The embedded records database: completions served, feedback events, version lineage.
+"""The embedded records backend: one SQLite file.
 
 One SQLite file in WAL mode (standard library ``sqlite3`` only). Every call opens
 its own short-lived connection, so one :class:`Records` may be shared by any
@@ -18,9 +18,9 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 
@@ -31,14 +31,19 @@ from claas.errors import (
     NotFound,
     StorageError,
 )
+from claas.records.base import (
+    FINAL_STATUSES,
+    STATUSES,
+    FeedbackEvent,
+    FeedbackStatus,
+    LineageEntry,
+    RollbackEvent,
+)
 from claas.types import AdapterVersion, ChatMessage, Completion
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "FeedbackEvent", "FeedbackStatus", "Records"]
+__all__ = ["SCHEMA_VERSION", "Records"]
 
 SCHEMA_VERSION = 1
-FeedbackStatus = Literal["queued", "running", "applied", "failed"]
-STATUSES: tuple[str, ...] = ("queued", "running", "applied", "failed")
-_FINAL = ("applied", "failed")
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS completions (
         id TEXT PRIMARY KEY, adapter_id TEXT, adapter_version INTEGER, model TEXT NOT NULL,
@@ -67,48 +72,6 @@ _FEEDBACK_COLUMNS = (
     "id, adapter_id, completion_id, text, status, parent_version, version, error, "
     "metrics, timings, created, finished"
 )
-
-
-@attrs.frozen(kw_only=True)
-class FeedbackEvent:
-    """One piece of feedback and what became of it.
-
-    Attributes:
-        id: The feedback id.
-        adapter_id: The adapter it updates.
-        completion_id: The completion it is about, if it named one.
-        text: The feedback text.
-        status: ``queued``, ``running``, ``applied`` or ``failed``.
-        parent_version: The version the update started from, once known.
-        version: The version the update published (``applied`` only).
-        error: Why it failed (``failed`` only).
-        metrics: What the update measured.
-        timings: Seconds spent per phase.
-        created: Unix time it was received.
-        finished: Unix time it became ``applied`` or ``failed``.
-    """
-
-    id: str
-    adapter_id: str
-    completion_id: str | None
-    text: str
-    status: str
-    parent_version: int | None = None
-    version: int | None = None
-    error: str | None = None
-    metrics: Mapping[str, float] = attrs.field(factory=dict)
-    timings: Mapping[str, float] = attrs.field(factory=dict)
-    created: float = 0.0
-    finished: float | None = None
-
-    @property
-    def done(self) -> bool:
-        """Whether the event reached a final status."""
-        return self.status in _FINAL
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready mapping."""
-        return {**attrs.asdict(self), "metrics": dict(self.metrics), "timings": dict(self.timings)}
 
 
 class Records:
@@ -245,7 +208,7 @@ class Records:
         self,
         feedback_id: str,
         *,
-        status: str,
+        status: FeedbackStatus,
         version: int | None = None,
         parent_version: int | None = None,
         error: str | None = None,
@@ -280,7 +243,9 @@ class Records:
                 error=old.error if error is None else error,
                 metrics=old.metrics if metrics is None else dict(metrics),
                 timings=old.timings if timings is None else dict(timings),
-                finished=time.time() if status in _FINAL and old.finished is None else old.finished,
+                finished=time.time()
+                if status in FINAL_STATUSES and old.finished is None
+                else old.finished,
             )
             conn.execute(
                 "UPDATE feedback SET status = ?, version = ?, parent_version = ?, error = ?, "
@@ -308,13 +273,21 @@ class Records:
             return self._feedback_row(conn, feedback_id)
 
     def feedback_events(
-        self, adapter_id: str | None = None, *, limit: int = 50
+        self,
+        adapter_id: str | None = None,
+        *,
+        namespaces: Collection[str] | None = None,
+        limit: int = 50,
     ) -> list[FeedbackEvent]:
-        """Return the newest feedback events first, of one adapter or of all."""
+        """Return the newest feedback events first.
+
+        Args:
+            adapter_id: Only this adapter's events.
+            namespaces: Only events of adapters in these namespaces (``None``: all).
+            limit: At most this many events.
+        """
         _check_limit(limit)
-        where, args = (
-            ("WHERE adapter_id = ?", (adapter_id,)) if adapter_id is not None else ("", ())
-        )
+        where, args = _adapter_filter(adapter_id, namespaces)
         sql = f"SELECT {_FEEDBACK_COLUMNS} FROM feedback {where} ORDER BY created DESC, seq DESC"
         with self._tx() as conn:
             rows = conn.execute(f"{sql} LIMIT ?", (*args, limit)).fetchall()
@@ -350,22 +323,21 @@ class Records:
                 ),
             )
 
-    def lineage(self, adapter_id: str) -> list[dict[str, Any]]:
-        """Return the adapter's recorded versions, ascending.
-
-        Each item has ``adapter_id``, ``version``, ``parent``, ``created``,
-        ``feedback_ids`` (list) and ``metrics`` (dict).
-        """
+    def lineage(self, adapter_id: str) -> list[LineageEntry]:
+        """Return the adapter's recorded versions, ascending."""
         with self._tx() as conn:
             rows = conn.execute(
                 "SELECT * FROM versions WHERE adapter_id = ? ORDER BY version", (adapter_id,)
             ).fetchall()
         return [
-            {
-                **dict(row),
-                "feedback_ids": json.loads(row["feedback_ids"]),
-                "metrics": json.loads(row["metrics"]),
-            }
+            LineageEntry(
+                adapter_id=row["adapter_id"],
+                version=row["version"],
+                parent=row["parent"],
+                created=row["created"],
+                feedback_ids=tuple(json.loads(row["feedback_ids"])),
+                metrics=json.loads(row["metrics"]),
+            )
             for row in rows
         ]
 
@@ -380,24 +352,24 @@ class Records:
                 (adapter_id, _dumps(data), time.time() if created is None else created),
             )
 
-    def events(self, adapter_id: str | None = None, *, limit: int = 50) -> list[dict[str, Any]]:
-        """Return adapter events (rollbacks), newest first.
-
-        Each item has ``adapter_id``, ``kind``, ``created`` and the event's data
-        (``from_version`` and ``to_version`` for a rollback).
-        """
+    def rollbacks(
+        self,
+        adapter_id: str | None = None,
+        *,
+        namespaces: Collection[str] | None = None,
+        limit: int = 50,
+    ) -> list[RollbackEvent]:
+        """Return rollbacks, newest first (filters as in :meth:`feedback_events`)."""
         _check_limit(limit)
-        where, args = (
-            ("WHERE adapter_id = ?", (adapter_id,)) if adapter_id is not None else ("", ())
-        )
+        where, args = _adapter_filter(adapter_id, namespaces)
+        where = f"{where} AND kind = 'rollback'" if where else "WHERE kind = 'rollback'"
         with self._tx() as conn:
             rows = conn.execute(
                 f"SELECT * FROM events {where} ORDER BY created DESC, seq DESC LIMIT ?",
                 (*args, limit),
             ).fetchall()
         return [
-            {"adapter_id": r["adapter_id"], "kind": r["kind"], "created": r["created"]}
-            | json.loads(r["data"])
+            RollbackEvent(adapter_id=r["adapter_id"], created=r["created"], **json.loads(r["data"]))
             for r in rows
         ]
 
@@ -407,7 +379,7 @@ class Records:
             conn.execute("DELETE FROM versions WHERE adapter_id = ?", (adapter_id,))
             conn.execute("DELETE FROM events WHERE adapter_id = ?", (adapter_id,))
 
-    def stats(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
         """Return row counts for dashboards and metrics.
 
         Keys: ``completions``, ``feedback``, ``feedback_<status>`` for each
@@ -504,6 +476,26 @@ class Records:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def _adapter_filter(
+    adapter_id: str | None, namespaces: Collection[str] | None
+) -> tuple[str, tuple[str, ...]]:
+    """A ``WHERE`` clause on ``adapter_id`` and its namespace (the part before ``/``)."""
+    clauses, args = [], []
+    if adapter_id is not None:
+        clauses.append("adapter_id = ?")
+        args.append(adapter_id)
+    if namespaces is not None:
+        wanted = sorted(set(namespaces))
+        # An exact comparison of the prefix: LIKE would read '_' in a namespace as a wildcard.
+        clauses.append(
+            f"substr(adapter_id, 1, instr(adapter_id, '/') - 1) IN ({', '.join('?' * len(wanted))})"
+            if wanted
+            else "0"
+        )
+        args.extend(wanted)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
 
 def _check_limit(limit: int) -> None:

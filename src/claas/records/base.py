@@ -1,0 +1,195 @@
+"""What every records backend stores and returns: the records protocol and its records.
+
+A backend keeps the completions CLaaS served, the feedback events and what
+became of them, each adapter's version lineage and its rollbacks. The embedded
+default is SQLite (:mod:`claas.records.sqlite`); every reader of records goes
+through :class:`RecordsBackend`, so another database can stand in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
+
+import attrs
+
+from claas.types import AdapterVersion, Completion
+
+__all__ = [
+    "FINAL_STATUSES",
+    "STATUSES",
+    "FeedbackEvent",
+    "FeedbackStatus",
+    "LineageEntry",
+    "RecordsBackend",
+    "RollbackEvent",
+]
+
+FeedbackStatus = Literal["queued", "running", "applied", "failed"]
+STATUSES: tuple[FeedbackStatus, ...] = get_args(FeedbackStatus)
+FINAL_STATUSES: tuple[FeedbackStatus, ...] = ("applied", "failed")
+
+
+@attrs.frozen(kw_only=True)
+class FeedbackEvent:
+    """One piece of feedback and what became of it.
+
+    Attributes:
+        id: The feedback id.
+        adapter_id: The adapter it updates.
+        completion_id: The completion it is about, if it named one.
+        text: The feedback text.
+        status: ``queued``, ``running``, ``applied`` or ``failed``.
+        parent_version: The version the update started from, once known.
+        version: The version the update published (``applied`` only).
+        error: Why it failed (``failed`` only).
+        metrics: What the update measured.
+        timings: Seconds spent per phase.
+        created: Unix time it was received.
+        finished: Unix time it became ``applied`` or ``failed``.
+    """
+
+    id: str
+    adapter_id: str
+    completion_id: str | None
+    text: str
+    status: FeedbackStatus
+    parent_version: int | None = None
+    version: int | None = None
+    error: str | None = None
+    metrics: Mapping[str, float] = attrs.field(factory=dict)
+    timings: Mapping[str, float] = attrs.field(factory=dict)
+    created: float = 0.0
+    finished: float | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the event reached a final status."""
+        return self.status in FINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready mapping."""
+        return {**attrs.asdict(self), "metrics": dict(self.metrics), "timings": dict(self.timings)}
+
+
+@attrs.frozen(kw_only=True)
+class RollbackEvent:
+    """``latest`` of an adapter was moved back from one version to another."""
+
+    adapter_id: str
+    from_version: int
+    to_version: int
+    created: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready mapping."""
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class LineageEntry:
+    """One recorded version of an adapter: its parent and the feedback it learned."""
+
+    adapter_id: str
+    version: int
+    parent: int | None
+    created: float
+    feedback_ids: tuple[str, ...]
+    metrics: Mapping[str, float]
+
+
+@runtime_checkable
+class RecordsBackend(Protocol):
+    """The records database the :class:`~claas.learner.Learner` reads and writes.
+
+    ``namespaces`` arguments filter in the database: ``None`` means every
+    namespace, an empty collection none.
+    """
+
+    def add_completion(self, completion: Completion) -> None:
+        """Record a served completion (``Conflict`` if its id is taken)."""
+        ...
+
+    def get_completion(self, completion_id: str) -> Completion:
+        """A recorded completion (``CompletionNotFound`` if unknown)."""
+        ...
+
+    def add_feedback(
+        self,
+        *,
+        feedback_id: str,
+        adapter_id: str,
+        completion_id: str | None,
+        text: str,
+        created: float | None = None,
+    ) -> FeedbackEvent:
+        """Record feedback as ``queued``."""
+        ...
+
+    def update_feedback(
+        self,
+        feedback_id: str,
+        *,
+        status: FeedbackStatus,
+        version: int | None = None,
+        parent_version: int | None = None,
+        error: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+        timings: Mapping[str, float] | None = None,
+    ) -> FeedbackEvent:
+        """Move feedback to ``status`` (final statuses stay final)."""
+        ...
+
+    def get_feedback(self, feedback_id: str) -> FeedbackEvent:
+        """One feedback event (``NotFound`` if unknown)."""
+        ...
+
+    def feedback_events(
+        self,
+        adapter_id: str | None = None,
+        *,
+        namespaces: Collection[str] | None = None,
+        limit: int = 50,
+    ) -> list[FeedbackEvent]:
+        """The newest feedback events first."""
+        ...
+
+    def pending_feedback(self, adapter_id: str | None = None) -> list[FeedbackEvent]:
+        """``queued`` and ``running`` events, oldest first."""
+        ...
+
+    def add_version(self, version: AdapterVersion) -> None:
+        """Record a published version."""
+        ...
+
+    def lineage(self, adapter_id: str) -> list[LineageEntry]:
+        """An adapter's recorded versions, ascending."""
+        ...
+
+    def record_rollback(
+        self, adapter_id: str, from_version: int, to_version: int, *, created: float | None = None
+    ) -> None:
+        """Record that ``latest`` moved from one version to another."""
+        ...
+
+    def rollbacks(
+        self,
+        adapter_id: str | None = None,
+        *,
+        namespaces: Collection[str] | None = None,
+        limit: int = 50,
+    ) -> list[RollbackEvent]:
+        """Rollbacks, newest first."""
+        ...
+
+    def delete_adapter(self, adapter_id: str) -> None:
+        """Forget an adapter's lineage and rollbacks (completions and feedback stay)."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Row counts for dashboards and metrics."""
+        ...
+
+    def close(self) -> None:
+        """Stop using the database."""
+        ...

@@ -1,0 +1,57 @@
+"""The adapter-store protocol: what the learner needs of wherever versions live."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from claas.types import AdapterVersion, LoraSpec
+
+__all__ = ["AdapterStore", "WriteFn"]
+
+WriteFn = Callable[[Path], None]
+"""Writes a version's files into the directory it is given."""
+
+
+@runtime_checkable
+class AdapterStore(Protocol):
+    """Where adapter versions live; :class:`LocalAdapterStore` documents the contract."""
+
+    def create(
+        self,
+        adapter_id: str,
+        *,
+        base_model: str,
+        lora: LoraSpec,
+        write: WriteFn,
+        engine: str = "local",
+    ) -> AdapterVersion: ...
+
+    def publish(
+        self,
+        adapter_id: str,
+        *,
+        parent: int,
+        write: WriteFn,
+        distill_config: Mapping[str, Any] | None = None,
+        feedback_ids: Sequence[str] = (),
+        metrics: Mapping[str, float] | None = None,
+        engine: str = "local",
+    ) -> AdapterVersion: ...
+
+    def get(self, adapter_id: str, version: int | None = None) -> AdapterVersion: ...
+
+    def latest_version(self, adapter_id: str) -> int: ...
+
+    def versions(self, adapter_id: str) -> list[AdapterVersion]: ...
+
+    def rollback(self, adapter_id: str, version: int) -> AdapterVersion: ...
+
+    def export(self, adapter_id: str, version: int | None, dest: Path) -> Path: ...
+
+    def delete(self, adapter_id: str) -> None: ...
+
+    def list_adapters(self, namespace: str | None = None) -> list[str]: ...
+
+    def exists(self, adapter_id: str) -> bool: ...

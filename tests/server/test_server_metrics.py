@@ -1,0 +1,132 @@
+"""The Prometheus exposition: families, types, labels, buckets, scrape-time gauges, isolation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from metrics_support import families, value
+from prometheus_client import CONTENT_TYPE_LATEST
+from server_support import fake_learner
+
+from claas_server import create_app
+from claas_server.metrics import STEP_BUCKETS, LearnerGauges, Metrics
+
+USER = [{"role": "user", "content": "hello there"}]
+
+
+def render(metrics: Metrics, *, depth: int = 0, records: dict[str, int] | None = None) -> str:
+    counts = None if records is None else (lambda: records)
+    return metrics.render(LearnerGauges(queue_depth=lambda: depth, record_counts=counts)).decode()
+
+
+def test_families_types_and_labels() -> None:
+    metrics = Metrics()
+    metrics.observe_request("POST", "/v1/feedback", 200)
+    metrics.observe_feedback("applied", items=2, seconds=0.3)
+    metrics.observe_tokens(3, 4)
+    found = families(render(metrics, depth=1, records={"versions": 2}))
+    assert {name: f.type for name, f in found.items()} == {
+        "claas_http_requests": "counter",
+        "claas_feedback_steps": "counter",
+        "claas_feedback_items": "counter",
+        "claas_feedback_step_seconds": "histogram",
+        "claas_tokens": "counter",
+        "claas_feedback_queue_depth": "gauge",
+        "claas_records": "gauge",
+    }
+    labels = {name: {k for s in f.samples for k in s.labels} for name, f in found.items()}
+    assert labels == {
+        "claas_http_requests": {"method", "route", "status"},
+        "claas_feedback_steps": {"outcome"},
+        "claas_feedback_items": set(),
+        "claas_feedback_step_seconds": {"le"},
+        "claas_tokens": {"kind"},
+        "claas_feedback_queue_depth": set(),
+        "claas_records": {"kind"},
+    }
+    # Only the documented series: no ``*_created`` timestamps next to the counters.
+    names = {s.name for f in found.values() for s in f.samples}
+    assert not any(name.endswith("_created") for name in names)
+
+
+def test_counts_and_histogram_values() -> None:
+    metrics = Metrics()
+    metrics.observe_request("POST", "/v1/feedback", 200)
+    metrics.observe_request("POST", "/v1/feedback", 200)
+    metrics.observe_feedback("applied", items=2, seconds=0.3)
+    metrics.observe_feedback("failed", seconds=math.nan)  # counted, but no latency
+    metrics.observe_tokens(3, 4)
+    text = render(metrics)
+    labels = {"method": "POST", "route": "/v1/feedback", "status": "200"}
+    assert value(text, "claas_http_requests_total", **labels) == 2
+    assert value(text, "claas_feedback_steps_total", outcome="applied") == 1
+    assert value(text, "claas_feedback_steps_total", outcome="failed") == 1
+    assert value(text, "claas_feedback_items_total") == 2
+    assert value(text, "claas_tokens_total", kind="prompt") == 3
+    assert value(text, "claas_tokens_total", kind="completion") == 4
+    assert value(text, "claas_feedback_step_seconds_count") == 1
+    assert value(text, "claas_feedback_step_seconds_sum") == 0.3
+    (histogram,) = (f for f in families(text).values() if f.type == "histogram")
+    buckets = {float(s.labels["le"]): s.value for s in histogram.samples if "le" in s.labels}
+    assert list(buckets) == [*STEP_BUCKETS, math.inf]
+    assert buckets == {b: float(b >= 0.3) for b in (*STEP_BUCKETS, math.inf)}
+
+
+def test_known_label_values_start_at_zero() -> None:
+    text = render(Metrics())
+    for outcome in ("applied", "failed"):
+        assert value(text, "claas_feedback_steps_total", outcome=outcome) == 0
+    for kind in ("prompt", "completion"):
+        assert value(text, "claas_tokens_total", kind=kind) == 0
+    assert families(text)["claas_http_requests"].samples == []
+
+
+def test_learner_gauges_are_read_at_each_scrape() -> None:
+    depth, records = [3], {"versions": 2, "feedback": 1}
+    gauges = LearnerGauges(queue_depth=lambda: depth[0], record_counts=lambda: records)
+    metrics = Metrics()
+    first = metrics.render(gauges).decode()
+    depth[0], records["versions"] = 0, 5
+    second = metrics.render(gauges).decode()
+    assert value(first, "claas_feedback_queue_depth") == 3
+    assert value(first, "claas_records", kind="versions") == 2
+    assert value(second, "claas_feedback_queue_depth") == 0
+    assert value(second, "claas_records", kind="versions") == 5
+    assert value(second, "claas_records", kind="feedback") == 1
+
+
+def test_records_are_left_out_without_a_reader() -> None:
+    assert "claas_records" not in families(render(Metrics(), depth=1))
+
+
+def test_two_registries_neither_share_nor_collide() -> None:
+    one, two = Metrics(), Metrics()  # a shared registry would raise on the second
+    one.observe_feedback("applied", items=1, seconds=1.0)
+    assert value(render(one), "claas_feedback_steps_total", outcome="applied") == 1
+    assert value(render(two), "claas_feedback_steps_total", outcome="applied") == 0
+    assert one.registry is not two.registry
+
+
+def test_two_apps_in_one_process_count_separately(tmp_path: Path) -> None:
+    learners = [fake_learner(tmp_path / name) for name in ("a", "b")]
+    try:
+        with (
+            TestClient(create_app(learner=learners[0])) as a,
+            TestClient(create_app(learner=learners[1])) as b,
+        ):
+            a.post("/v1/adapters", json={"adapter_id": "alpha/bot"})
+            body = {"model": "alpha/bot", "messages": USER}
+            assert a.post("/v1/chat/completions", json=body).status_code == 200
+            scraped_a, scraped_b = a.get("/metrics"), b.get("/metrics")
+    finally:
+        for learner in learners:
+            learner.close()
+    assert scraped_a.headers["content-type"] == CONTENT_TYPE_LATEST
+    route = {"method": "POST", "route": "/v1/chat/completions", "status": "200"}
+    assert value(scraped_a.text, "claas_http_requests_total", **route) == 1
+    assert value(scraped_a.text, "claas_tokens_total", kind="prompt") > 0
+    assert value(scraped_a.text, "claas_records", kind="versions") == 1
+    assert families(scraped_b.text)["claas_http_requests"].samples == []
+    assert value(scraped_b.text, "claas_tokens_total", kind="prompt") == 0

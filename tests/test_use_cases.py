@@ -1,0 +1,346 @@
+"""Every use case, once, on an in-process Learner and on a Client of the real server.
+
+The ``claas`` fixture is a :class:`claas.LearnerLike`: a Learner on the fakes,
+or a :class:`claas.Client` talking HTTP to ``claas_server.create_app`` around
+such a Learner, served by uvicorn on loopback. Each test runs on both and
+expects the same records and the same exceptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("claas_server")
+import uvicorn
+
+from claas import (
+    AdapterExists,
+    AdapterNotFound,
+    AdapterVersion,
+    BackendUnavailable,
+    ClaasError,
+    Client,
+    Completion,
+    CompletionFeedback,
+    CompletionNotFound,
+    InvalidAdapterId,
+    InvalidConfig,
+    InvalidRequest,
+    Learner,
+    LearnerLike,
+    RawFeedback,
+    Settings,
+    VersionNotFound,
+    errors,
+)
+from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
+from claas_server import create_app
+
+Q = [{"role": "user", "content": "hello"}]
+ECHO = "[t/bot v{}] You said: hello"
+
+
+def _fake(data_dir: Path) -> Learner:
+    return Learner(
+        Settings(data_dir=data_dir),
+        inference=FakeInference(),
+        engine=FakeTrainer(),
+        tokenizer=FakeTokenizer(),
+    )
+
+
+@contextlib.contextmanager
+def serving(learner: Learner) -> Iterator[str]:
+    """Serve ``learner`` with uvicorn on a free loopback port in a thread; yield its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(learner=learner), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[Learner]:
+    """The learner on the fakes that the test (directly or through the server) drives."""
+    learner = _fake(tmp_path / "data")
+    yield learner
+    learner.close()
+
+
+@pytest.fixture(params=["learner", "client"])
+def claas(request: pytest.FixtureRequest, fake: Learner) -> Iterator[LearnerLike]:
+    """The fake learner itself, or a Client of the server around it."""
+    if request.param == "learner":
+        yield fake
+        return
+    with serving(fake) as url, Client(url) as client:
+        yield client
+
+
+@pytest.fixture
+def bot(claas: LearnerLike) -> LearnerLike:
+    """``claas`` with the adapter ``t/bot`` created."""
+    claas.init_adapter("t/bot", rank=4)
+    return claas
+
+
+def test_both_are_learner_like(fake: Learner, tmp_path: Path) -> None:
+    typed: LearnerLike = fake  # mypy checks that Learner satisfies the protocol
+    assert isinstance(typed, LearnerLike)
+    with Client("http://127.0.0.1:9") as client:
+        assert isinstance(client, LearnerLike)
+
+
+# ------------------------------------------------------------------------ adapters
+
+
+def test_adapter_lifecycle(claas: LearnerLike) -> None:
+    created = claas.init_adapter("t/bot", rank=4, alpha=8.0)
+    assert isinstance(created, AdapterVersion)
+    assert (created.adapter_id, created.version, created.parent) == ("t/bot", 0, None)
+    assert created.lora["rank"] == 4 and created.lora["alpha"] == 8.0
+    assert created.engine == "fake"
+    assert claas.init_adapter("t/bot", exist_ok=True).version == 0
+    with pytest.raises(AdapterExists, match="t/bot"):
+        claas.init_adapter("t/bot")
+    claas.init_adapter("u/other")
+    assert claas.adapters() == ["t/bot", "u/other"]
+    assert claas.adapters("u") == ["u/other"]
+    summaries = claas.adapter_summaries(["t"])
+    assert [(s.adapter_id, s.versions) for s in summaries] == [("t/bot", 1)]
+    assert summaries[0].live is not None and summaries[0].live.version == 0
+    assert len(claas.adapter_summaries()) == 2
+    claas.delete_adapter("t/bot")
+    assert claas.adapters() == ["u/other"]
+    with pytest.raises(AdapterNotFound):
+        claas.current_version("t/bot")
+
+
+def test_versions_rollback_and_export(bot: LearnerLike, tmp_path: Path) -> None:
+    first = bot.chat("t/bot", Q)
+    update = bot.feedback(first.id, "Shorter.")
+    assert [(v.version, v.parent) for v in bot.versions("t/bot")] == [(0, None), (1, 0)]
+    live = bot.current_version("t/bot")
+    assert live.version == 1 and live.feedback_ids == update.feedback_ids
+    assert live.metrics["loss"] == pytest.approx(0.1)
+    assert bot.rollback("t/bot", 0).version == 0
+    assert bot.current_version("t/bot").version == 0
+    with pytest.raises(VersionNotFound):
+        bot.rollback("t/bot", 7)
+    into_dir = bot.export("t/bot", 1, tmp_path)
+    assert into_dir == tmp_path / "t__bot__v1.zip"
+    with zipfile.ZipFile(into_dir) as archive:
+        assert json.loads(archive.read("fake_weights.json"))["updates"] == 1
+    named = bot.export("t/bot", dest=tmp_path / "sub" / "live.zip")
+    assert named == tmp_path / "sub" / "live.zip" and named.is_file()
+
+
+# ---------------------------------------------------------------------------- chat
+
+
+def test_chat_returns_the_recorded_completion(bot: LearnerLike) -> None:
+    answer = bot.chat("t/bot", Q, max_tokens=64, temperature=0.0, top_logprobs=2)
+    assert isinstance(answer, Completion)
+    assert answer.text == ECHO.format(0)
+    assert (answer.adapter_id, answer.adapter_version, answer.finish_reason) == ("t/bot", 0, "stop")
+    assert answer.response_ids[-1] == FakeTokenizer.eos_token_id
+    assert answer.response_logprobs == (-0.5,) * len(answer.response_ids)
+    assert len(answer.top_logprobs) == len(answer.response_ids)
+    assert answer.prompt_ids and answer.messages[-1].content == "hello"
+    assert bot.get_completion(answer.id) == answer
+    base = bot.chat(None, Q)
+    assert (base.adapter_id, base.adapter_version, base.text) == (
+        None,
+        None,
+        "[base] You said: hello",
+    )
+
+
+def test_chat_stream_yields_text_then_the_completion(bot: LearnerLike) -> None:
+    stream = bot.chat_stream("t/bot", Q, max_tokens=64)
+    assert stream.adapter_version == 0 and stream.completion is None
+    text = "".join(stream)
+    assert text.strip() == ECHO.format(0)
+    assert stream.completion is not None and stream.completion.id == stream.id
+    assert bot.get_completion(stream.id) == stream.completion
+
+
+def test_score(bot: LearnerLike) -> None:
+    score = bot.score("t/bot", Q, "abc")
+    assert (score.adapter_id, score.adapter_version) == ("t/bot", 0)
+    assert score.token_ids == (97, 98, 99) and score.logprobs == (-1.0, -1.0, -1.0)
+    assert score.total == -3.0
+
+
+# ------------------------------------------------------------------------ feedback
+
+
+def test_feedback_forms(bot: LearnerLike) -> None:
+    answer = bot.chat("t/bot", Q)
+    by_id = bot.feedback(answer.id, "Shorter.", config={"steps": 2})
+    assert (by_id.adapter_id, by_id.version, by_id.parent_version) == ("t/bot", 1, 0)
+    assert by_id.metrics["distill_loss"] == pytest.approx(0.1)
+    assert by_id.timings["total_seconds"] >= 0
+    assert bot.current_version("t/bot").distill_config["steps"] == 2  # type: ignore[index]
+    raw = bot.feedback(text="No.", messages=Q, response="r", adapter_id="t/bot")
+    assert raw.version == 2
+    again = bot.chat("t/bot", Q)
+    assert again.text == ECHO.format(2)
+    batch = bot.feedback_batch(
+        [
+            CompletionFeedback(completion_id=again.id, text="a"),
+            RawFeedback(messages=Q, response="r", text="b"),
+        ],
+        adapter_id="t/bot",
+    )
+    assert (batch.version, len(batch.feedback_ids)) == (3, 2)
+    events = bot.feedback_events("t/bot", limit=3)
+    assert [e.version for e in events] == [3, 3, 2]
+    assert {e.status for e in events} == {"applied"}
+    assert bot.feedback_events(namespaces=["other"]) == []
+    assert len(bot.feedback_events(namespaces=["t"])) == 4
+
+
+# -------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda c: c.init_adapter("no-slash"), InvalidAdapterId),
+        (lambda c: c.init_adapter("t/x", rank=0), InvalidConfig),
+        (lambda c: c.versions("../../v1/feedback"), InvalidAdapterId),
+        (lambda c: c.chat("t/missing", Q), AdapterNotFound),
+        (lambda c: c.chat("t/bot", Q, bogus=1), InvalidRequest),
+        (lambda c: c.chat("t/bot", [{"role": "assistant", "content": "x"}]), InvalidRequest),
+        (lambda c: c.chat_stream("t/missing", Q), AdapterNotFound),
+        (lambda c: c.get_completion("chatcmpl-nope"), CompletionNotFound),
+        (lambda c: c.feedback("chatcmpl-nope", "x"), CompletionNotFound),
+        (lambda c: c.feedback(c.chat("t/bot", Q).id, " "), InvalidRequest),
+        (lambda c: c.feedback(c.chat("t/bot", Q).id, "x", config={"alpha": 2}), InvalidConfig),
+        (lambda c: c.feedback(c.chat("t/bot", Q).id, "x", config={"lr": 1}), InvalidConfig),
+        (lambda c: c.feedback(text="x", messages=Q, response="r"), InvalidRequest),
+        (lambda c: c.feedback_batch([]), InvalidRequest),
+        (lambda c: c.rollback("t/missing", 0), AdapterNotFound),
+        (lambda c: c.delete_adapter("t/missing"), AdapterNotFound),
+        (lambda c: c.score("t/bot", Q, ""), InvalidRequest),
+    ],
+)
+def test_the_same_errors(
+    bot: LearnerLike, call: Callable[[LearnerLike], object], error: type[ClaasError]
+) -> None:
+    with pytest.raises(error) as raised:
+        call(bot)
+    assert type(raised.value) is error
+
+
+ERROR_CLASSES = [
+    getattr(errors, name) for name in errors.__all__ if isinstance(getattr(errors, name), type)
+]
+
+
+@pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
+def test_the_code_table_round_trips(cls: type[ClaasError]) -> None:
+    code = errors.error_code(cls("boom"))
+    assert code.islower() and " " not in code
+    rebuilt = errors.error_for_code(code, "boom")
+    assert type(rebuilt) is cls and str(rebuilt) == "boom"
+
+
+def test_codes_are_stable() -> None:
+    assert errors.error_code(AdapterNotFound()) == "adapter_not_found"
+    assert errors.error_code(errors.NonFiniteUpdate()) == "non_finite_update"
+    assert type(errors.error_for_code("something_new", "m")) is ClaasError
+    assert type(errors.error_for_code(None, "m", default=InvalidRequest)) is InvalidRequest
+
+
+@pytest.fixture(scope="module")
+def raising_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Learner, str]]:
+    """A server on the fakes, for tests that make its learner raise."""
+    learner = _fake(tmp_path_factory.mktemp("raising"))
+    with serving(learner) as url:
+        yield learner, url
+    learner.close()
+
+
+@pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
+def test_every_error_crosses_the_wire(
+    raising_server: tuple[Learner, str], monkeypatch: pytest.MonkeyPatch, cls: type[ClaasError]
+) -> None:
+    learner, url = raising_server
+
+    def fail(completion_id: str) -> Completion:
+        raise cls(f"raised {cls.__name__}")
+
+    monkeypatch.setattr(learner, "get_completion", fail)
+    with Client(url) as client, pytest.raises(ClaasError) as raised:
+        client.get_completion("chatcmpl-any")
+    assert type(raised.value) is cls
+    message = str(raised.value)
+    # 5xx bodies carry a public message, never the internal one.
+    assert message == f"raised {cls.__name__}" or "raised" not in message
+
+
+def test_an_unreachable_server_is_backend_unavailable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    with Client(closed, timeout=2.0) as client, pytest.raises(BackendUnavailable):
+        client.adapters()
+    with pytest.raises(InvalidRequest):
+        Client("ftp://example.org")
+
+
+def test_a_missing_key_is_permission_denied(tmp_path: Path) -> None:
+    learner = Learner(
+        Settings(data_dir=tmp_path / "keyed").evolve(api_keys={"key-0123456789": ("t",)}),
+        inference=FakeInference(),
+        engine=FakeTrainer(),
+        tokenizer=FakeTokenizer(),
+    )
+    with serving(learner) as url:
+        with Client(url) as anonymous, pytest.raises(errors.PermissionDenied, match="auth"):
+            anonymous.adapters()
+        with Client(url, api_key="key-0123456789") as keyed:
+            keyed.init_adapter("t/bot")
+            with pytest.raises(errors.PermissionDenied, match="'u'"):
+                keyed.init_adapter("u/bot")
+            answer = keyed.chat("t/bot", Q)
+            assert keyed.get_completion(answer.id).text == ECHO.format(0)
+    learner.close()
+
+
+# ------------------------------------------------------------------- real model
+
+
+@pytest.mark.slow
+def test_the_real_model_over_http(learner: Learner) -> None:
+    learner.init_adapter("t/real", rank=4)
+    with serving(learner) as url, Client(url) as client:
+        answer = client.chat("t/real", Q, max_tokens=8, temperature=0.0)
+        assert answer == learner.get_completion(answer.id)
+        assert len(answer.response_ids) == len(answer.response_logprobs) <= 8
+        stream = client.chat_stream("t/real", Q, max_tokens=8, temperature=0.0)
+        assert "".join(stream) and stream.completion is not None
+        update = client.feedback(answer.id, "Answer in one word.", config={"top_k": 8})
+        assert update.version == 1
+        assert client.chat("t/real", Q, max_tokens=4).adapter_version == 1
