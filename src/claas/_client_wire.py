@@ -110,17 +110,12 @@ def version_from(data: Mapping[str, Any]) -> AdapterVersion:
     )
 
 
-def live_from(versions: Mapping[str, Any]) -> AdapterVersion:
-    """The live version in a ``/versions`` answer."""
-    live = next(item for item in versions["data"] if item["version"] == versions["live_version"])
-    return version_from(live)
-
-
-def summary_from(versions: Mapping[str, Any]) -> AdapterSummary:
-    """An adapter's summary from its ``/versions`` answer."""
-    count = len(versions["data"])
-    live = live_from(versions)
-    return AdapterSummary(adapter_id=versions["adapter_id"], live=live, versions=count)
+def summary_from(info: Mapping[str, Any]) -> AdapterSummary:
+    """An adapter's summary from the server's ``AdapterInfo``."""
+    live = version_from(info["live"]) if info.get("live") is not None else None
+    return AdapterSummary(
+        adapter_id=info["id"], live=live, versions=info["versions"], error=info.get("error")
+    )
 
 
 def completion_from(data: Mapping[str, Any]) -> Completion:

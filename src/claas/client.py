@@ -44,7 +44,6 @@ from claas._client_wire import (
     error_from,
     event_from,
     floats,
-    live_from,
     sse_events,
     stream_error,
     summary_from,
@@ -55,7 +54,7 @@ from claas._client_wire import (
 from claas.errors import (
     BackendUnavailable,
     InvalidRequest,
-    NotFound,
+    StorageError,
 )
 from claas.learner_like import MessagesLike
 from claas.records import FeedbackEvent
@@ -175,27 +174,18 @@ class Client:
 
     def adapter_summaries(self, namespaces: Collection[str] | None = None) -> list[AdapterSummary]:
         """Every adapter the key may see (optionally of some namespaces), with its live version."""
-        found = []
-        for item in self._json("GET", "/v1/adapters")["data"]:
-            adapter_id = item["id"]
-            if namespaces is not None and adapter_id.split("/", 1)[0] not in namespaces:
-                continue
-            if item.get("live_version") is None:  # damaged: listed with the reason
-                found.append(
-                    AdapterSummary(
-                        adapter_id=adapter_id,
-                        live=None,
-                        versions=item["versions"],
-                        error=item.get("error"),
-                    )
-                )
-                continue
-            try:
-                versions = self._json("GET", self._adapter_path(adapter_id, "versions"))
-            except NotFound:  # deleted since it was listed
-                continue
-            found.append(summary_from(versions))
-        return found
+        queries = (
+            [None] if namespaces is None else [{"namespace": n} for n in sorted(set(namespaces))]
+        )
+        return [
+            summary_from(item)
+            for params in queries
+            for item in self._json("GET", "/v1/adapters", params=params)["data"]
+        ]
+
+    def adapter_summary(self, adapter_id: str) -> AdapterSummary:
+        """One adapter with its live version (``live=None`` and ``error`` if it is damaged)."""
+        return summary_from(self._json("GET", self._adapter_path(adapter_id)))
 
     def versions(self, adapter_id: str) -> list[AdapterVersion]:
         """Every retained version of an adapter, oldest first.
@@ -207,7 +197,10 @@ class Client:
 
     def current_version(self, adapter_id: str) -> AdapterVersion:
         """The version chats are served by."""
-        return live_from(self._json("GET", self._adapter_path(adapter_id, "versions")))
+        summary = self.adapter_summary(adapter_id)
+        if summary.live is None:  # as the Learner: a damaged pointer is a StorageError
+            raise StorageError(summary.error or f"adapter {adapter_id!r} has no live version")
+        return summary.live
 
     def rollback(self, adapter_id: str, version: int) -> AdapterVersion:
         """Serve an older version again; later feedback builds on it."""

@@ -67,6 +67,10 @@ class LearnerLike(Protocol):
         """Every adapter (optionally of some namespaces) with its live version."""
         ...
 
+    def adapter_summary(self, adapter_id: str) -> AdapterSummary:
+        """One adapter with its live version (``live=None`` and ``error`` if it is damaged)."""
+        ...
+
     def chat(self, adapter_id: str | None, messages: MessagesLike, **sampling: Any) -> Completion:
         """Answer a conversation with the adapter's live version and record it."""
         ...

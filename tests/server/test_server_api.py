@@ -553,9 +553,11 @@ def test_adapter_lifecycle(bot: TestClient, fake: Learner) -> None:
             "base_model": fake.settings.base_model,
             "created": adapters[0]["created"],
             "versions": 3,
+            "live": adapters[0]["live"],
             "error": None,
         }
     ]
+    assert adapters[0]["live"]["version"] == 2 and adapters[0]["live"]["live"] is True
     assert bot.get("/v1/adapters", params={"namespace": "beta"}).json()["data"] == []
     assert bot.get("/v1/adapters/alpha/bot").json()["live_version"] == 2
 

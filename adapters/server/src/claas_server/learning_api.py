@@ -219,6 +219,7 @@ def _adapter_info(state: ServerState, summary: AdapterSummary) -> AdapterInfo:
         base_model=live.base_model if live else None,
         created=live.created if live else None,
         versions=summary.versions,
+        live=_version_info(live, live.version) if live else None,
         error=error,
     )
 

@@ -20,7 +20,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from claas import Completion
-from claas.errors import NotFound
 from claas_server.deps import Caller, ServerState, State, resolve_model
 from claas_server.errors import ERROR_RESPONSES, describe
 from claas_server.schemas import (
@@ -286,10 +285,9 @@ async def completions(
 def _models(state: ServerState, caller: Caller) -> ModelList:
     base = state.settings.base_model
     data = [ModelInfo(id=base, created=0, owned_by="claas")]
-    for adapter_id in caller.visible(state.learner.adapters()):
-        try:
-            live = state.learner.current_version(adapter_id)
-        except NotFound:  # deleted since it was listed
+    for summary in state.learner.adapter_summaries(caller.namespaces):
+        live, adapter_id = summary.live, summary.adapter_id
+        if live is None:  # damaged: not servable, so not a model
             continue
         data.append(
             ModelInfo(

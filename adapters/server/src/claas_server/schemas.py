@@ -534,6 +534,7 @@ class AdapterInfo(_Response):
     base_model: str | None
     created: float | None = Field(description="When the live version was published.")
     versions: int = Field(description="Versions retained.")
+    live: AdapterVersionInfo | None = Field(default=None, description="The live version.")
     error: str | None = Field(
         default=None, description="Why the adapter cannot be served (a damaged LATEST pointer)."
     )
