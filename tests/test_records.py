@@ -217,7 +217,7 @@ def test_restart_sees_everything(tmp_path: Path) -> None:
         assert [row.version for row in second.lineage("team/helper")] == [0]
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -278,3 +278,24 @@ def test_namespace_filter_is_exact_and_done_in_the_database(records: Records) ->
     assert records.feedback_events("c/n", namespaces={"a_b"}) == []
     assert [r.adapter_id for r in records.rollbacks(namespaces={"a_b"})] == ["a_b/n"]
     assert len(records.feedback_events(limit=700)) == 602
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    from claas.records.sqlite import _SCHEMA
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:  # what claas wrote before feedback jobs
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO feedback (id, adapter_id, text, status, metrics, timings, created) "
+            "VALUES ('fb-old', 'team/helper', 't', 'running', '{}', '{}', 1.0)"
+        )
+    with Records(path) as records:
+        assert [e.id for e in records.pending_feedback()] == ["fb-old"]
+        assert records.job_counts()["queued"] == 0
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    Records(path).close()  # opening again migrates nothing twice

@@ -18,7 +18,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from claas.config import ModalSettings, ServerSettings, Settings, TinkerSettings, VllmSettings
+from claas.config import (
+    JobSettings,
+    ModalSettings,
+    ServerSettings,
+    Settings,
+    TinkerSettings,
+    VllmSettings,
+)
 from claas.errors import (
     AdapterExists,
     AdapterNotFound,
@@ -26,14 +33,17 @@ from claas.errors import (
     ClaasError,
     CompletionNotFound,
     Conflict,
+    IdempotencyConflict,
     InvalidAdapterId,
     InvalidConfig,
     InvalidRequest,
+    JobNotFound,
     MissingDependency,
     NonFiniteUpdate,
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    QueueFull,
     StorageError,
     TrainingError,
     VersionNotFound,
@@ -78,9 +88,12 @@ __all__ = [
     "DistillResult",
     "Feedback",
     "FeedbackResult",
+    "IdempotencyConflict",
     "InvalidAdapterId",
     "InvalidConfig",
     "InvalidRequest",
+    "JobNotFound",
+    "JobSettings",
     "Learner",
     "LearnerLike",
     "LoraSpec",
@@ -90,6 +103,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
+    "QueueFull",
     "RawFeedback",
     "SamplingParams",
     "Score",

@@ -19,9 +19,16 @@ from claas._components import Components
 from claas._scratch import move_contents, update_workdir
 from claas._turns import AdapterTurns
 from claas.config import Settings
-from claas.errors import AdapterNotFound, BackendUnavailable, InvalidRequest, PayloadTooLarge
+from claas.errors import (
+    AdapterNotFound,
+    BackendUnavailable,
+    InvalidRequest,
+    PayloadTooLarge,
+    error_code,
+)
 from claas.inference.base import TeacherScorer, TrainingWindow
-from claas.records import RecordsBackend
+from claas.jobs.model import FeedbackJob, JobPayload, QueueLimits, check_idempotency_key
+from claas.records import NewFeedback, RecordsBackend
 from claas.storage import AdapterStore
 from claas.teacher import HINDSIGHT_TEMPLATE, DistillSample, build_sample, build_sample_from_text
 from claas.types import (
@@ -57,20 +64,103 @@ class Updates:
         self._turns = turns
         self._scratch = settings.data_dir / "tmp"
 
-    def apply(
-        self, items: Sequence[Feedback], adapter_id: str | None, config: DistillConfig
-    ) -> FeedbackResult:
-        """Validate, then record and apply ``items`` as one update once it is their turn."""
+    def submit(
+        self,
+        items: Sequence[Feedback],
+        adapter_id: str | None,
+        config: DistillConfig,
+        idempotency_key: str | None,
+    ) -> tuple[FeedbackJob, bool]:
+        """Validate ``items`` and record them as one queued job (or find its key's job).
+
+        Returns:
+            The job and whether it was created (``False``: an earlier job had the key).
+        """
+        key = check_idempotency_key(idempotency_key)
+        self.teacher_scorer(config)
+        target, _ = self.prepare(items, adapter_id)
+        payload = JobPayload(items=tuple(items), adapter_id=target, config=config.to_dict())
+        feedback = [
+            NewFeedback(
+                feedback_id="fb-" + uuid.uuid4().hex,
+                completion_id=item.completion_id if isinstance(item, CompletionFeedback) else None,
+                text=item.text,
+            )
+            for item in items
+        ]
+        job = FeedbackJob(
+            id="job-" + uuid.uuid4().hex,
+            adapter_id=target,
+            status="queued",
+            accepted=time.time(),
+            feedback_ids=tuple(f.feedback_id for f in feedback),
+            idempotency_key=key,
+        )
+        return self._records.add_job(
+            job,
+            payload=payload.to_json(),
+            body_hash=payload.digest(),
+            feedback=feedback,
+            limits=QueueLimits(
+                per_adapter=self._settings.jobs.max_queued_per_adapter,
+                total=self._settings.jobs.max_queued,
+            ),
+        )
+
+    def run(self, jobs: Sequence[FeedbackJob]) -> list[FeedbackJob]:
+        """Apply claimed jobs of one adapter as one update and record the outcome.
+
+        A job claimed again after a crash whose version the store already holds
+        (a version naming its feedback ids) is marked applied, not trained twice.
+        """
+        ids = [job.id for job in jobs]
+        feedback_ids = [f for job in jobs for f in job.feedback_ids]
+        adapter_id = jobs[0].adapter_id
+        try:
+            published = self._published(adapter_id, feedback_ids) if _retried(jobs) else None
+            if published is not None:
+                return self._records.finish_jobs(
+                    ids,
+                    status="applied",
+                    version=published.version,
+                    parent_version=published.parent,
+                    metrics=dict(published.metrics),
+                    error="recovered after a crash: the version was already published",
+                )
+            with self._turns.turn(adapter_id, lambda: None):
+                result, note = self._apply_jobs(jobs, feedback_ids)
+        except Exception as exc:  # recorded on the job; the waiter re-raises its class
+            return self._records.finish_jobs(
+                ids, status="failed", error=str(exc) or repr(exc), error_code=error_code(exc)
+            )
+        return self._records.finish_jobs(
+            ids,
+            status="applied",
+            version=result.version,
+            parent_version=result.parent_version,
+            metrics=dict(result.metrics),
+            timings=dict(result.timings),
+            error=note,
+        )
+
+    def _apply_jobs(
+        self, jobs: Sequence[FeedbackJob], feedback_ids: list[str]
+    ) -> tuple[FeedbackResult, str | None]:
+        payloads = [JobPayload.from_json(self._records.job_payload(job.id)) for job in jobs]
+        config = DistillConfig.from_dict(payloads[0].config)
+        items = [item for payload in payloads for item in payload.items]
         scorer = self.teacher_scorer(config)
-        target, samples = self.prepare(items, adapter_id)
-        accepted = time.perf_counter()
-        record = lambda: [self._record_feedback(target, item) for item in items]  # noqa: E731
-        with self._turns.turn(target, record) as ids:
-            try:
-                return self._apply(target, ids, samples, config, scorer, accepted)
-            except BaseException as exc:
-                self._fail_unfinished(ids, exc)
-                raise
+        target, samples = self.prepare(items, jobs[0].adapter_id)
+        accepted = min(job.accepted for job in jobs)
+        return self._apply(target, feedback_ids, samples, config, scorer, accepted)
+
+    def _published(self, adapter_id: str, feedback_ids: list[str]) -> AdapterVersion | None:
+        """The stored version that already learned ``feedback_ids``, if one does."""
+        wanted = set(feedback_ids)
+        for version in self._store.versions(adapter_id):
+            if wanted & set(version.feedback_ids):
+                return version
+        return None
 
     def teacher_scorer(self, config: DistillConfig) -> TeacherScorer | None:
         """The backend that scores a remote teacher, refusing one that cannot."""
@@ -140,16 +230,6 @@ class Updates:
         )
         return validate_adapter_id(adapter_id), sample
 
-    def _record_feedback(self, adapter_id: str, item: Feedback) -> str:
-        feedback_id = "fb-" + uuid.uuid4().hex
-        self._records.add_feedback(
-            feedback_id=feedback_id,
-            adapter_id=adapter_id,
-            completion_id=item.completion_id if isinstance(item, CompletionFeedback) else None,
-            text=item.text,
-        )
-        return feedback_id
-
     def _apply(
         self,
         adapter_id: str,
@@ -158,20 +238,22 @@ class Updates:
         config: DistillConfig,
         scorer: TeacherScorer | None,
         accepted: float,
-    ) -> FeedbackResult:
-        """Train, save, go live, record: one update, in named steps."""
-        started = time.perf_counter()
-        for feedback_id in feedback_ids:
-            self._records.update_feedback(feedback_id, status="running")
+    ) -> tuple[FeedbackResult, str | None]:
+        """Train, save, go live: one update, in named steps (``accepted``: unix time).
+
+        Returns:
+            The result and why serving lags behind the store, if it does.
+        """
+        started = time.time()
         parent = self._store.get(adapter_id)
         remote = scorer.teacher_topk(samples, k=config.top_k) if scorer is not None else None
         with update_workdir(self._scratch) as work:
             result = self._train(samples, parent, config, work, remote)
-            trained = time.perf_counter()
+            trained = time.time()
             version, retired = self._save(parent, work, config, feedback_ids, result)
-        saved = time.perf_counter()
+        saved = time.time()
         publish_error = self._go_live(version, retired)
-        done = time.perf_counter()
+        done = time.time()
         timings = {
             "queue_seconds": started - accepted,
             "train_seconds": trained - started,
@@ -179,16 +261,6 @@ class Updates:
             "publish_seconds": done - saved,
             "total_seconds": done - accepted,
         }
-        for feedback_id in feedback_ids:
-            self._records.update_feedback(
-                feedback_id,
-                status="applied",
-                version=version.version,
-                parent_version=parent.version,
-                metrics=dict(result.metrics),
-                timings=timings,
-                error=publish_error,
-            )
         return FeedbackResult(
             feedback_ids=tuple(feedback_ids),
             adapter_id=adapter_id,
@@ -196,7 +268,7 @@ class Updates:
             parent_version=parent.version,
             metrics=dict(result.metrics),
             timings=timings,
-        )
+        ), publish_error
 
     def _train(
         self,
@@ -242,11 +314,6 @@ class Updates:
         self.engine_forget(retired)
         return self.publish_quietly(version)
 
-    def _fail_unfinished(self, feedback_ids: list[str], exc: BaseException) -> None:
-        for feedback_id in feedback_ids:
-            if not self._records.get_feedback(feedback_id).done:
-                self._records.update_feedback(feedback_id, status="failed", error=repr(exc))
-
     def engine_forget(self, versions: list[AdapterVersion]) -> None:
         """Tell the engine which versions the store deleted (retention or delete_adapter)."""
         if versions:
@@ -268,3 +335,7 @@ class Updates:
         except BackendUnavailable as exc:
             return f"published to the store; serving backend unavailable: {exc}"
         return None
+
+
+def _retried(jobs: Sequence[FeedbackJob]) -> bool:
+    return any(job.attempts > 1 for job in jobs)

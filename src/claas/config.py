@@ -31,6 +31,7 @@ from claas.errors import InvalidConfig
 
 __all__ = [
     "DEFAULT_BASE_MODEL",
+    "JobSettings",
     "ModalSettings",
     "ServerSettings",
     "Settings",
@@ -219,6 +220,32 @@ class ModalSettings:
 
 
 @attrs.frozen(kw_only=True)
+class JobSettings:
+    """How feedback jobs are queued and applied (``settings.jobs``).
+
+    Attributes:
+        workers: Updates applied at once by this process's worker (one per
+            adapter at most; the local engine on a CPU uses one well).
+        max_coalesce: Queued jobs of one adapter merged into one update (each
+            job then reports the same version); 1 applies each job alone.
+        max_queued_per_adapter: Jobs that may wait for one adapter before
+            ``submit`` raises ``QueueFull`` (HTTP 429).
+        max_queued: Jobs that may wait in all.
+        lease_seconds: How long a running job's claim lasts without a
+            heartbeat before another worker may take it over.
+    """
+
+    section: ClassVar[str] = "jobs"
+    flat_prefix: ClassVar[str] = "jobs_"
+
+    workers: int = attrs.field(default=1, validator=_positive_int)
+    max_coalesce: int = attrs.field(default=1, validator=_positive_int)
+    max_queued_per_adapter: int = attrs.field(default=100, validator=_positive_int)
+    max_queued: int = attrs.field(default=1000, validator=_positive_int)
+    lease_seconds: float = attrs.field(default=30.0, validator=_positive_number)
+
+
+@attrs.frozen(kw_only=True)
 class ServerSettings:
     """What the HTTP server enforces (``settings.server``); flat names have no prefix.
 
@@ -240,7 +267,7 @@ class ServerSettings:
     max_request_bytes: int = attrs.field(default=1_000_000, validator=_positive_int)
 
 
-_SECTION_RECORDS = (VllmSettings, TinkerSettings, ModalSettings, ServerSettings)
+_SECTION_RECORDS = (VllmSettings, TinkerSettings, ModalSettings, ServerSettings, JobSettings)
 _SECTIONS: dict[str, type] = {cls.section: cls for cls in _SECTION_RECORDS}
 # Flat name (``vllm_url``, ``api_keys``) -> (section, field).
 _FLAT: dict[str, tuple[str, str]] = {
@@ -292,6 +319,7 @@ class Settings:
         tinker: The ``tinker`` engine's options (:class:`TinkerSettings`).
         modal: The ``modal`` engine's app (:class:`ModalSettings`).
         server: The HTTP server's keys and limits (:class:`ServerSettings`).
+        jobs: The feedback-job queue and its worker (:class:`JobSettings`).
     """
 
     data_dir: Path = attrs.field(factory=_default_data_dir, converter=_to_path)
@@ -316,6 +344,7 @@ class Settings:
     tinker: TinkerSettings = attrs.field(factory=TinkerSettings, validator=_record(TinkerSettings))
     modal: ModalSettings = attrs.field(factory=ModalSettings, validator=_record(ModalSettings))
     server: ServerSettings = attrs.field(factory=ServerSettings, validator=_record(ServerSettings))
+    jobs: JobSettings = attrs.field(factory=JobSettings, validator=_record(JobSettings))
 
     @base_model.validator
     def _check_base_model(self, attribute: attrs.Attribute[str], value: str) -> None:

@@ -12,9 +12,12 @@ each subclass also inherits the standard-library exception it stands for, so
     ├── NotFound (LookupError)
     │   ├── AdapterNotFound
     │   ├── VersionNotFound
-    │   └── CompletionNotFound
+    │   ├── CompletionNotFound
+    │   └── JobNotFound
     ├── Conflict (RuntimeError)
-    │   └── AdapterExists
+    │   ├── AdapterExists
+    │   └── IdempotencyConflict
+    ├── QueueFull (RuntimeError)
     ├── PermissionDenied (PermissionError)
     ├── TrainingError (RuntimeError)
     │   └── NonFiniteUpdate
@@ -43,12 +46,15 @@ __all__ = [
     "Conflict",
     "InvalidAdapterId",
     "InvalidConfig",
+    "IdempotencyConflict",
     "InvalidRequest",
+    "JobNotFound",
     "MissingDependency",
     "NonFiniteUpdate",
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
+    "QueueFull",
     "StorageError",
     "TrainingError",
     "VersionNotFound",
@@ -94,12 +100,27 @@ class CompletionNotFound(NotFound):
     """No served completion with this id is recorded."""
 
 
+class JobNotFound(NotFound):
+    """No feedback job with this id exists (or the caller may not see it)."""
+
+
 class Conflict(ClaasError, RuntimeError):
     """The request clashes with the current state."""
 
 
 class AdapterExists(Conflict):
     """An adapter with this id already exists."""
+
+
+class IdempotencyConflict(Conflict):
+    """An idempotency key was reused with a different request body."""
+
+
+class QueueFull(ClaasError, RuntimeError):
+    """Too many feedback jobs are waiting (per adapter or in all); retry later.
+
+    Nothing was recorded for the refused submission.
+    """
 
 
 class PermissionDenied(ClaasError, PermissionError):
@@ -151,8 +172,11 @@ _CLASSES: tuple[type[ClaasError], ...] = (
     AdapterNotFound,
     VersionNotFound,
     CompletionNotFound,
+    JobNotFound,
     Conflict,
     AdapterExists,
+    IdempotencyConflict,
+    QueueFull,
     PermissionDenied,
     TrainingError,
     NonFiniteUpdate,

@@ -15,23 +15,28 @@ import contextlib
 import os
 import time
 import uuid
+import warnings
+import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from claas._chat import completion_of
 from claas._components import Components
+from claas._legacy import replay_events
 from claas._scratch import sweep_scratch
 from claas._turns import AdapterTurns
 from claas._updates import Updates
 from claas.config import Settings
 from claas.errors import InvalidRequest, NotFound, StorageError
 from claas.inference.base import Generation, InferenceBackend
+from claas.jobs.model import FeedbackJob, JobStatus
+from claas.jobs.service import JobListener, JobService, result_of
 from claas.learner_like import MessagesLike
 from claas.records import FeedbackEvent, LineageEntry, Records, RecordsBackend, RollbackEvent
 from claas.results import ChatStream, Score
 from claas.storage import AdapterStore, LocalAdapterStore
 from claas.teacher import ChatTokenizer, encode_chat
-from claas.thinking import visible_text
 from claas.training.base import TrainingEngine
 from claas.types import (
     AdapterSummary,
@@ -98,6 +103,9 @@ class Learner:
         self._started = time.time()
         self._scratch = self.settings.data_dir / "tmp"
         sweep_scratch(self._scratch)
+        self._jobs = JobService(self.settings, self._records, self._updates.run)
+        weakref.finalize(self, self._jobs.stop_soon)  # an unclosed learner's worker ends too
+        self._jobs.start_if_pending()  # jobs interrupted by a crash recover on their own
 
     # -- components, built on first use -------------------------------------------------
 
@@ -117,8 +125,8 @@ class Learner:
         return self._parts.tokenizer
 
     def queue_depth(self, adapter_id: str | None = None) -> int:
-        """Updates accepted but not finished, for one adapter or all."""
-        return self._turns.depth(adapter_id)
+        """Jobs accepted but not finished (queued or running), for one adapter or all."""
+        return self._jobs.depth(adapter_id)
 
     # -- adapters -------------------------------------------------------------------------
 
@@ -203,9 +211,10 @@ class Learner:
     def rollback(self, adapter_id: str, version: int) -> AdapterVersion:
         """Serve an older version again; later feedback builds on it.
 
-        Waits for updates accepted earlier to finish first.
+        Waits for feedback jobs accepted earlier to finish first.
         """
         validate_adapter_id(adapter_id)
+        self._jobs.wait_for_adapter(adapter_id)
         with self._turns.turn(adapter_id, lambda: None):
             previous = self._store.latest_version(adapter_id)
             target = self._store.rollback(adapter_id, version)
@@ -230,8 +239,12 @@ class Learner:
         return self._store.export(validate_adapter_id(adapter_id), version, Path(dest))
 
     def delete_adapter(self, adapter_id: str) -> None:
-        """Delete an adapter and all its versions (records of feedback stay)."""
+        """Delete an adapter and all its versions (records of feedback stay).
+
+        Its queued feedback jobs are cancelled; a running one finishes first.
+        """
         validate_adapter_id(adapter_id)
+        self._records.cancel_adapter_jobs(adapter_id, "the adapter was deleted")
         with self._turns.turn(adapter_id, lambda: None):
             doomed = self._store.versions(adapter_id)
             self._store.delete(adapter_id)
@@ -255,22 +268,7 @@ class Learner:
         messages: tuple[ChatMessage, ...],
         generation: Generation,
     ) -> Completion:
-        completion = Completion(
-            id=completion_id,
-            adapter_id=version.adapter_id if version else None,
-            adapter_version=version.version if version else None,
-            model=self.settings.base_model,
-            messages=messages,
-            prompt_ids=generation.prompt_ids,
-            response_ids=generation.response_ids,
-            response_logprobs=generation.response_logprobs,
-            text=visible_text(generation.raw_text),
-            raw_text=generation.raw_text,
-            finish_reason=generation.finish_reason,
-            created=time.time(),
-            top_logprobs=generation.top_logprobs,
-            thinking=self.settings.thinking,
-        )
+        completion = completion_of(completion_id, version, messages, generation, self.settings)
         self._records.add_completion(completion)
         return completion
 
@@ -395,9 +393,88 @@ class Learner:
         adapter_id: str | None = None,
         config: ConfigLike = None,
     ) -> FeedbackResult:
-        """Learn from several feedback items on one adapter in a single update."""
+        """Learn from several feedback items on one adapter in a single update.
+
+        Submits one job and waits for it (read-your-writes); a failed job raises
+        the error it failed with.
+        """
+        job = self.submit_feedback_batch(items, adapter_id=adapter_id, config=config)
+        return self.result_of(self.wait(job.id))
+
+    # -- feedback jobs -------------------------------------------------------------------
+
+    def submit_feedback(
+        self,
+        completion_id: str | None = None,
+        text: str | None = None,
+        *,
+        config: ConfigLike = None,
+        messages: MessagesLike | None = None,
+        response: str | None = None,
+        adapter_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> FeedbackJob:
+        """Accept feedback as a durable job and return at once (see :meth:`feedback`).
+
+        Raises:
+            InvalidRequest: As :meth:`feedback`, or a malformed idempotency key.
+            IdempotencyConflict: The key was used on this adapter with another body.
+            QueueFull: Too many jobs are waiting; nothing was recorded.
+        """
+        item = feedback_item(completion_id, text, messages, response)
+        return self.submit_feedback_batch(
+            [item], adapter_id=adapter_id, config=config, idempotency_key=idempotency_key
+        )
+
+    def submit_feedback_batch(
+        self,
+        items: Sequence[Feedback],
+        *,
+        adapter_id: str | None = None,
+        config: ConfigLike = None,
+        idempotency_key: str | None = None,
+    ) -> FeedbackJob:
+        """Accept several items as one job (one update); the same key returns the same job."""
         distill = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
-        return self._updates.apply(items, adapter_id, distill)
+        job, created = self._updates.submit(items, adapter_id, distill, idempotency_key)
+        if created or not job.done:
+            self._jobs.accepted(job)
+        return job
+
+    def job(self, job_id: str) -> FeedbackJob:
+        """One feedback job (raises ``JobNotFound``)."""
+        return self._records.get_job(job_id)
+
+    def jobs(
+        self,
+        adapter_id: str | None = None,
+        *,
+        status: JobStatus | None = None,
+        namespaces: Collection[str] | None = None,
+        limit: int = 50,
+    ) -> list[FeedbackJob]:
+        """Feedback jobs, newest first (of one adapter or these namespaces, in one state)."""
+        return self._records.jobs(adapter_id, status=status, namespaces=namespaces, limit=limit)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> FeedbackJob:
+        """Wait until a job is final or ``timeout`` seconds pass; return it as it then is."""
+        return self._jobs.wait(job_id, timeout)
+
+    def cancel(self, job_id: str) -> FeedbackJob:
+        """Cancel a queued job; a running or finished one raises ``Conflict``."""
+        return self._jobs.cancel(job_id)
+
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs are in each state."""
+        return self._records.job_counts()
+
+    def add_job_listener(self, listener: JobListener) -> None:
+        """Call ``listener(job)`` in the worker each time one of its jobs becomes final."""
+        self._jobs.add_listener(listener)
+
+    def result_of(self, job: FeedbackJob) -> FeedbackResult:
+        """The result of an applied job; raises the error of any other final state."""
+        return result_of(job)
 
     # -- feedback records ----------------------------------------------------------------
 
@@ -412,29 +489,24 @@ class Learner:
     def resume_interrupted(
         self, adapter_id: str | None = None, *, config: ConfigLike = None
     ) -> list[FeedbackResult]:
-        """Apply interrupted feedback again, oldest first.
+        """Deprecated: replay feedback events recorded before feedback became jobs.
 
-        Each interrupted event is closed as failed with a pointer to its replay.
-        Events without a completion id (raw prompt/response feedback) cannot be
-        replayed, since only their text was recorded; they are closed as failed.
+        Jobs interrupted by a crash are re-queued and applied once when a learner
+        starts; this only replays events no job carries (see :mod:`claas._legacy`).
         """
-        results = []
-        for event in self.interrupted_feedback(adapter_id):
-            if event.completion_id is None:
-                self._records.update_feedback(
-                    event.id, status="failed", error="interrupted; raw feedback cannot be replayed"
-                )
-                continue
-            result = self.feedback(
-                event.completion_id, event.text, config=config, adapter_id=event.adapter_id
-            )
-            self._records.update_feedback(
-                event.id,
-                status="failed",
-                error=f"interrupted; replayed as {result.feedback_ids[0]}",
-            )
-            results.append(result)
-        return results
+        warnings.warn(
+            "resume_interrupted is deprecated: interrupted feedback jobs recover on their own",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        events = self.interrupted_feedback(adapter_id)
+        return replay_events(
+            events,
+            self._records,
+            lambda e: self.feedback(
+                e.completion_id, e.text, config=config, adapter_id=e.adapter_id
+            ),
+        )
 
     def feedback_events(
         self,
@@ -459,7 +531,8 @@ class Learner:
         return self._records.counts()
 
     def close(self) -> None:
-        """Release models and connections."""
+        """Stop the worker (after the update it is applying), release models and connections."""
+        self._jobs.stop()
         self._parts.close()
         self._records.close()
 

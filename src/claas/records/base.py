@@ -8,19 +8,24 @@ through :class:`RecordsBackend`, so another database can stand in.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from typing import Any, Literal, Protocol, get_args, runtime_checkable
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 
 import attrs
 
 from claas.types import AdapterVersion, Completion
+
+if TYPE_CHECKING:
+    from claas.jobs.model import FeedbackJob, JobStatus, QueueLimits
 
 __all__ = [
     "FINAL_STATUSES",
     "STATUSES",
     "FeedbackEvent",
     "FeedbackStatus",
+    "JobQueue",
     "LineageEntry",
+    "NewFeedback",
     "RecordsBackend",
     "RollbackEvent",
 ]
@@ -98,8 +103,98 @@ class LineageEntry:
     metrics: Mapping[str, float]
 
 
+@attrs.frozen(kw_only=True)
+class NewFeedback:
+    """A feedback event recorded with the job that carries it."""
+
+    feedback_id: str
+    completion_id: str | None
+    text: str
+
+
 @runtime_checkable
-class RecordsBackend(Protocol):
+class JobQueue(Protocol):
+    """The feedback-job queue in the records database (:mod:`claas.jobs`).
+
+    Claims are exclusive across processes; an adapter's next job is claimed
+    only when none of its jobs is running.
+    """
+
+    def add_job(
+        self,
+        job: FeedbackJob,
+        *,
+        payload: str,
+        body_hash: str,
+        feedback: Sequence[NewFeedback],
+        limits: QueueLimits,
+    ) -> tuple[FeedbackJob, bool]:
+        """Record a queued job (or return the one with its idempotency key, ``False``)."""
+        ...
+
+    def get_job(self, job_id: str) -> FeedbackJob:
+        """One job (``JobNotFound`` if unknown)."""
+        ...
+
+    def job_payload(self, job_id: str) -> str:
+        """The JSON payload a job was accepted with."""
+        ...
+
+    def jobs(
+        self,
+        adapter_id: str | None = None,
+        *,
+        status: JobStatus | None = None,
+        namespaces: Collection[str] | None = None,
+        limit: int = 50,
+    ) -> list[FeedbackJob]:
+        """Jobs, newest first."""
+        ...
+
+    def job_counts(self) -> dict[str, int]:
+        """Jobs per status."""
+        ...
+
+    def claim_jobs(
+        self, worker: str, *, lease_seconds: float, max_coalesce: int = 1
+    ) -> list[FeedbackJob]:
+        """Claim the next claimable job (with coalesced followers), or ``[]``."""
+        ...
+
+    def renew_lease(self, job_ids: Sequence[str], worker: str, lease_seconds: float) -> None:
+        """A worker's heartbeat on its running jobs."""
+        ...
+
+    def finish_jobs(
+        self,
+        job_ids: Sequence[str],
+        *,
+        status: JobStatus,
+        version: int | None = None,
+        parent_version: int | None = None,
+        metrics: Mapping[str, float] | None = None,
+        timings: Mapping[str, float] | None = None,
+        error: str | None = None,
+        error_code: str | None = None,
+    ) -> list[FeedbackJob]:
+        """Move running jobs and their feedback events to a final status."""
+        ...
+
+    def cancel_job(self, job_id: str, *, reason: str = ...) -> FeedbackJob:
+        """Cancel a queued job (``Conflict`` otherwise)."""
+        ...
+
+    def cancel_adapter_jobs(self, adapter_id: str, reason: str) -> list[str]:
+        """Cancel an adapter's queued jobs."""
+        ...
+
+    def requeue_stale(self, is_alive: Callable[[str], bool]) -> list[str]:
+        """Give back running jobs of dead workers or with expired leases."""
+        ...
+
+
+@runtime_checkable
+class RecordsBackend(JobQueue, Protocol):
     """The records database the :class:`~claas.learner.Learner` reads and writes.
 
     ``namespaces`` arguments filter in the database: ``None`` means every

@@ -31,6 +31,8 @@ from claas.errors import (
     NotFound,
     StorageError,
 )
+from claas.records._sql import adapter_filter, check_limit
+from claas.records._sqlite_jobs import JOB_MIGRATION, SQLiteJobRows
 from claas.records.base import (
     FINAL_STATUSES,
     STATUSES,
@@ -43,7 +45,9 @@ from claas.types import AdapterVersion, ChatMessage, Completion
 
 __all__ = ["SCHEMA_VERSION", "Records"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Statements that take a database from the version before each key to that version.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: JOB_MIGRATION}
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS completions (
         id TEXT PRIMARY KEY, adapter_id TEXT, adapter_version INTEGER, model TEXT NOT NULL,
@@ -74,7 +78,7 @@ _FEEDBACK_COLUMNS = (
 )
 
 
-class Records:
+class Records(SQLiteJobRows):
     """The records database in one SQLite file.
 
     Args:
@@ -286,19 +290,23 @@ class Records:
             namespaces: Only events of adapters in these namespaces (``None``: all).
             limit: At most this many events.
         """
-        _check_limit(limit)
-        where, args = _adapter_filter(adapter_id, namespaces)
+        check_limit(limit)
+        where, args = adapter_filter(adapter_id, namespaces)
         sql = f"SELECT {_FEEDBACK_COLUMNS} FROM feedback {where} ORDER BY created DESC, seq DESC"
         with self._tx() as conn:
             rows = conn.execute(f"{sql} LIMIT ?", (*args, limit)).fetchall()
         return [_feedback(row) for row in rows]
 
     def pending_feedback(self, adapter_id: str | None = None) -> list[FeedbackEvent]:
-        """Return ``queued`` and ``running`` events, oldest first.
+        """Return ``queued`` and ``running`` events that no job carries, oldest first.
 
-        After a restart these are the updates that were interrupted.
+        After a restart these are updates interrupted before feedback became
+        jobs; a job's events recover with their job.
         """
-        sql = f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE status IN ('queued', 'running')"
+        sql = (
+            f"SELECT {_FEEDBACK_COLUMNS} FROM feedback "
+            "WHERE status IN ('queued', 'running') AND job_id IS NULL"
+        )
         args: tuple[str, ...] = ()
         if adapter_id is not None:
             sql, args = f"{sql} AND adapter_id = ?", (adapter_id,)
@@ -360,8 +368,8 @@ class Records:
         limit: int = 50,
     ) -> list[RollbackEvent]:
         """Return rollbacks, newest first (filters as in :meth:`feedback_events`)."""
-        _check_limit(limit)
-        where, args = _adapter_filter(adapter_id, namespaces)
+        check_limit(limit)
+        where, args = adapter_filter(adapter_id, namespaces)
         where = f"{where} AND kind = 'rollback'" if where else "WHERE kind = 'rollback'"
         with self._tx() as conn:
             rows = conn.execute(
@@ -461,7 +469,11 @@ class Records:
                 )
             for statement in _SCHEMA:
                 conn.execute(statement)
-            if found is None:
+            for version in range((found or 1) + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+            if found != SCHEMA_VERSION:
+                conn.execute("DELETE FROM schema_version")
                 conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
     @staticmethod
@@ -476,31 +488,6 @@ class Records:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
-
-
-def _adapter_filter(
-    adapter_id: str | None, namespaces: Collection[str] | None
-) -> tuple[str, tuple[str, ...]]:
-    """A ``WHERE`` clause on ``adapter_id`` and its namespace (the part before ``/``)."""
-    clauses, args = [], []
-    if adapter_id is not None:
-        clauses.append("adapter_id = ?")
-        args.append(adapter_id)
-    if namespaces is not None:
-        wanted = sorted(set(namespaces))
-        # An exact comparison of the prefix: LIKE would read '_' in a namespace as a wildcard.
-        clauses.append(
-            f"substr(adapter_id, 1, instr(adapter_id, '/') - 1) IN ({', '.join('?' * len(wanted))})"
-            if wanted
-            else "0"
-        )
-        args.extend(wanted)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
-
-
-def _check_limit(limit: int) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InvalidRequest(f"limit={limit!r} is invalid: must be an integer >= 1")
 
 
 def _count(conn: sqlite3.Connection, sql: str) -> int:

@@ -9,7 +9,10 @@ Every error body has OpenAI's shape, so the official client raises the right
 Core exceptions map by class (the most specific class in the exception's MRO
 wins) to an HTTP status and an OpenAI error type; the ``code`` is the core's
 own (:func:`claas.errors.error_code`), so clients decode it with the same
-table (:func:`claas.errors.error_for_code`). FastAPI's request validation
+table (:func:`claas.errors.error_for_code`). The one exception is back-pressure:
+:class:`~claas.errors.QueueFull` is OpenAI's rate-limit answer (429, type
+``requests``, code ``rate_limit_exceeded``, a ``Retry-After`` header), which the
+``openai`` client retries on its own. FastAPI's request validation
 errors and Starlette's HTTP exceptions are rewritten to the same shape. Server
 errors (5xx) never echo internal messages, which may hold file paths or backend
 URLs; they are logged instead.
@@ -36,6 +39,7 @@ from claas.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    QueueFull,
     StorageError,
     TrainingError,
     error_code,
@@ -44,13 +48,18 @@ from claas_server.schemas import ErrorResponse
 
 __all__ = [
     "ERROR_RESPONSES",
+    "QUEUE_FULL_RESPONSE",
+    "RATE_LIMIT_CODE",
+    "RETRY_AFTER_SECONDS",
     "Unauthorized",
     "describe",
     "error_body",
     "error_response",
     "exception_response",
     "install_error_handlers",
+    "public_message",
     "status_for",
+    "wire_code",
 ]
 
 log = logging.getLogger("claas_server")
@@ -69,6 +78,7 @@ _CORE_STATUS: Mapping[type[BaseException], tuple[int, str]] = {
     InvalidRequest: (400, "invalid_request_error"),
     NotFound: (404, "not_found_error"),
     Conflict: (409, "conflict_error"),
+    QueueFull: (429, "requests"),
     PermissionDenied: (403, "permission_error"),
     NonFiniteUpdate: (422, "unprocessable_entity_error"),
     TrainingError: (500, "server_error"),
@@ -89,8 +99,14 @@ _TYPE_BY_STATUS = {
     413: "invalid_request_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
+    429: "requests",
     503: "service_unavailable_error",
 }
+
+RATE_LIMIT_CODE = "rate_limit_exceeded"
+"""OpenAI's code of a 429, the wire code of :class:`~claas.errors.QueueFull`."""
+RETRY_AFTER_SECONDS = 5
+"""What ``Retry-After`` of a 429 says: a small fixed estimate of when a queue slot frees."""
 
 _PUBLIC_5XX = {
     BackendUnavailable: "the serving backend is unavailable; retry later",
@@ -133,25 +149,42 @@ def error_response(
     )
 
 
-def describe(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and error body of an exception (5xx bodies say nothing internal)."""
-    status, kind = status_for(exc)
-    code = error_code(exc)
+def wire_code(exc: BaseException) -> str:
+    """The ``code`` of an exception's body: the core's, but OpenAI's for a 429."""
+    return RATE_LIMIT_CODE if isinstance(exc, QueueFull) else error_code(exc)
+
+
+def public_message(exc: BaseException) -> str:
+    """What a response may say about ``exc``: its message, or a fixed text for a 5xx."""
+    status, _ = status_for(exc)
     if status >= 500:
-        log.error("request failed with %s", type(exc).__name__, exc_info=exc)
-        public = next(
+        return next(
             (text for cls, text in _PUBLIC_5XX.items() if isinstance(exc, cls)),
             "internal server error",
         )
-        return status, error_body(public, kind, code=code)
-    return status, error_body(str(exc) or code, kind, code=code)
+    return str(exc) or error_code(exc)
+
+
+def describe(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and error body of an exception (5xx bodies say nothing internal)."""
+    status, kind = status_for(exc)
+    if status >= 500:
+        log.error("request failed with %s", type(exc).__name__, exc_info=exc)
+    return status, error_body(public_message(exc), kind, code=wire_code(exc))
+
+
+def _headers(status: int) -> dict[str, str] | None:
+    if status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    if status == 429:
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    return None
 
 
 def exception_response(exc: BaseException) -> JSONResponse:
     """The response for a core (or server) exception."""
     status, body = describe(exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=_headers(status))
 
 
 def _validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
@@ -202,10 +235,27 @@ _DOCUMENTED = {
     409: "Conflicts with the current state (the adapter exists)",
     413: "Body, prompt, feedback or batch over a configured limit",
     422: "Body fails the schema, or the update diverged",
+    429: "Too many feedback jobs wait (per adapter or in all); retry after `Retry-After`",
     503: "Serving backend unavailable",
 }
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"description": text, "model": ErrorResponse} for status, text in _DOCUMENTED.items()
+    status: {"description": text, "model": ErrorResponse}
+    for status, text in _DOCUMENTED.items()
+    if status != 429
 }
 """Error responses documented on every API route."""
+
+QUEUE_FULL_RESPONSE: dict[int | str, dict[str, Any]] = {
+    429: {
+        "description": _DOCUMENTED[429],
+        "model": ErrorResponse,
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before submitting again.",
+                "schema": {"type": "integer"},
+            }
+        },
+    }
+}
+"""The 429 of the routes that submit feedback jobs, with its ``Retry-After`` header."""

@@ -1,0 +1,163 @@
+"""One process's side of the job queue: submit, wait, cancel, and its worker.
+
+The :class:`~claas.learner.Learner` delegates its job use cases here. Waiting
+is woken at once by this process's worker and polls for jobs applied by other
+processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from claas.config import Settings
+from claas.errors import ClaasError, Conflict, error_for_code
+from claas.jobs.model import FeedbackJob
+from claas.jobs.worker import JobWorker
+from claas.records.base import RecordsBackend
+from claas.types import FeedbackResult
+
+__all__ = ["JobListener", "JobService", "raise_for", "result_of"]
+
+log = logging.getLogger("claas.jobs")
+JobListener = Callable[[FeedbackJob], None]
+
+
+class JobService:
+    """Submitted jobs of one learner and the worker that applies them.
+
+    Args:
+        settings: ``settings.jobs`` sizes the worker.
+        records: The records backend holding the queue.
+        run: Applies claimed jobs and returns them in their final state.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        records: RecordsBackend,
+        run: Callable[[Sequence[FeedbackJob]], list[FeedbackJob]],
+    ) -> None:
+        self._records = records
+        self._run = run
+        self._listeners: list[JobListener] = []
+        self._finished = threading.Condition()
+        self._lock = threading.Lock()
+        self._worker = JobWorker(
+            records,
+            self._apply,
+            threads=settings.jobs.workers,
+            lease_seconds=settings.jobs.lease_seconds,
+            max_coalesce=settings.jobs.max_coalesce,
+        )
+        self._started = False
+
+    def start(self) -> None:
+        """Start the worker (recovering interrupted jobs first); idempotent."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self._worker.start()
+
+    def start_if_pending(self) -> None:
+        """Start the worker if the queue holds queued or running jobs (a restart)."""
+        counts = self._records.job_counts()
+        if counts["queued"] or counts["running"]:
+            self.start()
+
+    def accepted(self, job: FeedbackJob) -> None:
+        """A job was recorded: make sure a worker will see it."""
+        self.start()
+        self._worker.notify()
+
+    def add_listener(self, listener: JobListener) -> None:
+        """Call ``listener(job)`` each time this process's worker finishes a job."""
+        self._listeners.append(listener)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> FeedbackJob:
+        """Block until the job is final or ``timeout`` seconds pass; return it as it is."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self._records.get_job(job_id)
+            if job.done:
+                return job
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return job
+            with self._finished:  # woken by our worker; the poll sees other processes'
+                self._finished.wait(0.5 if left is None else min(left, 0.5))
+
+    def wait_for_adapter(self, adapter_id: str) -> None:
+        """Wait until every job of ``adapter_id`` accepted so far is final."""
+        for status in ("running", "queued"):
+            for job in self._records.jobs(adapter_id, status=status, limit=100_000):
+                self.wait(job.id)
+
+    def depth(self, adapter_id: str | None = None) -> int:
+        """Jobs queued or running, of one adapter or of all."""
+        if adapter_id is None:
+            counts = self._records.job_counts()
+            return counts["queued"] + counts["running"]
+        return sum(
+            len(self._records.jobs(adapter_id, status=status, limit=100_000))
+            for status in ("queued", "running")
+        )
+
+    def cancel(self, job_id: str) -> FeedbackJob:
+        """Cancel a queued job (``Conflict`` if it is running or final)."""
+        return self._records.cancel_job(job_id)
+
+    def stop(self) -> None:
+        """Stop the worker after the update it is applying."""
+        if self._started:
+            self._worker.stop()
+
+    def stop_soon(self) -> None:
+        """Ask the worker to stop without waiting (its learner was garbage-collected)."""
+        self._worker.stop_soon()
+
+    def _apply(self, jobs: Sequence[FeedbackJob]) -> None:
+        finished = self._run(jobs)
+        with self._finished:
+            self._finished.notify_all()
+        for job in finished:
+            for listener in self._listeners:
+                try:
+                    listener(job)
+                except Exception:  # a metrics hook must not stop the worker
+                    log.exception("job listener %r failed", listener)
+
+
+def raise_for(job: FeedbackJob) -> None:
+    """Raise the error a failed, rejected or cancelled job ended with."""
+    if job.status == "applied":
+        return
+    if job.status == "cancelled":
+        raise Conflict(f"job {job.id} was cancelled: {job.error}")
+    error = error_for_code(job.error_code, job.error or f"job {job.id} {job.status}")
+    raise error if isinstance(error, ClaasError) else ClaasError(str(error))
+
+
+def result_of(job: FeedbackJob) -> FeedbackResult:
+    """The result of an applied job; raises the error of any other state.
+
+    Raises:
+        Conflict: The job is not final yet, or was cancelled.
+        ClaasError: The class the job failed with (e.g. ``NonFiniteUpdate``).
+    """
+    if not job.done:
+        raise Conflict(f"job {job.id} is still {job.status}")
+    raise_for(job)
+    if job.version is None or job.parent_version is None:
+        raise Conflict(f"job {job.id} is applied but names no version")
+    return FeedbackResult(
+        feedback_ids=job.feedback_ids,
+        adapter_id=job.adapter_id,
+        version=job.version,
+        parent_version=job.parent_version,
+        metrics=dict(job.metrics),
+        timings=dict(job.timings),
+    )
