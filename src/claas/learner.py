@@ -28,14 +28,14 @@ from claas._scratch import sweep_scratch
 from claas._turns import AdapterTurns
 from claas._updates import Updates
 from claas.config import Settings
-from claas.errors import InvalidRequest, NotFound, StorageError
+from claas.errors import InvalidRequest, NotFound
 from claas.inference.base import Generation, InferenceBackend
 from claas.jobs.model import FeedbackJob, JobStatus
 from claas.jobs.service import JobListener, JobService, result_of
 from claas.learner_like import MessagesLike
 from claas.records import FeedbackEvent, LineageEntry, Records, RecordsBackend, RollbackEvent
 from claas.results import ChatStream, Score
-from claas.storage import AdapterStore, LocalAdapterStore
+from claas.storage import AdapterStore, LocalAdapterStore, summarize
 from claas.teacher import ChatTokenizer, encode_chat
 from claas.training.base import TrainingEngine
 from claas.types import (
@@ -192,13 +192,7 @@ class Learner:
         Raises:
             AdapterNotFound: If the adapter does not exist.
         """
-        versions = self._store.versions(validate_adapter_id(adapter_id))
-        try:
-            live: AdapterVersion | None = self._store.get(adapter_id)
-            error = None
-        except StorageError as exc:
-            live, error = None, str(exc)
-        return AdapterSummary(adapter_id=adapter_id, live=live, versions=len(versions), error=error)
+        return summarize(self._store, validate_adapter_id(adapter_id))
 
     def versions(self, adapter_id: str) -> list[AdapterVersion]:
         """Every retained version of an adapter, oldest first."""

@@ -20,7 +20,7 @@ the adapter's lock is next free.
 """
 
 from claas.storage._manifest import FORMAT_VERSION
-from claas.storage.base import AdapterStore, WriteFn
+from claas.storage.base import AdapterStore, WriteFn, summarize
 from claas.storage.local import LocalAdapterStore
 
-__all__ = ["FORMAT_VERSION", "AdapterStore", "LocalAdapterStore", "WriteFn"]
+__all__ = ["FORMAT_VERSION", "AdapterStore", "LocalAdapterStore", "WriteFn", "summarize"]

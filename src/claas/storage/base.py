@@ -6,9 +6,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from claas.types import AdapterVersion, LoraSpec
+from claas.errors import StorageError
+from claas.types import AdapterSummary, AdapterVersion, LoraSpec
 
-__all__ = ["AdapterStore", "WriteFn"]
+__all__ = ["AdapterStore", "WriteFn", "summarize"]
 
 WriteFn = Callable[[Path], None]
 """Writes a version's files into the directory it is given."""
@@ -55,3 +56,18 @@ class AdapterStore(Protocol):
     def list_adapters(self, namespace: str | None = None) -> list[str]: ...
 
     def exists(self, adapter_id: str) -> bool: ...
+
+
+def summarize(store: AdapterStore, adapter_id: str) -> AdapterSummary:
+    """An adapter's live version and version count; a damaged ``LATEST`` is reported, not raised.
+
+    Raises:
+        AdapterNotFound: If the adapter does not exist.
+    """
+    versions = store.versions(adapter_id)
+    try:
+        live: AdapterVersion | None = store.get(adapter_id)
+        error = None
+    except StorageError as exc:
+        live, error = None, str(exc)
+    return AdapterSummary(adapter_id=adapter_id, live=live, versions=len(versions), error=error)
