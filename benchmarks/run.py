@@ -10,7 +10,8 @@ Usage::
 Benchmarks: ``step`` (update step vs the matmul floor; tokens/s and peak RSS by batch),
 ``loss`` (chunked SDPO loss vs an unchunked float32 one, and TRL's, at T=4096,
 V=151936, K=100), ``latency`` (feedback to the first token of the new version, local
-and vLLM), ``proxy`` (chat through the CLaaS server vs straight to vLLM).
+and vLLM), ``proxy`` (chat through the CLaaS server vs straight to vLLM), ``service``
+(feedback jobs on 4 adapters of one server: at once vs one by one, submit latency).
 
 Every figure is a ratio to a reference measured in the same run (see ``_measure.py``).
 The vLLM rows need a vLLM: ``--vllm-url`` of a running server that can read this
@@ -33,7 +34,7 @@ from typing import Any
 import _measure as m
 from _servers import vllm_for
 
-BENCHMARKS = ("step", "loss", "latency", "proxy")
+BENCHMARKS = ("step", "loss", "latency", "proxy", "service")
 
 
 def _ints(text: str) -> list[int]:
@@ -102,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--latency-repeats", type=int, default=5, help="feedback rounds")
     g.add_argument("--proxy-requests", type=int, default=30, help="request pairs")
+    g = p.add_argument_group("service")
+    g.add_argument("--service-rounds", type=int, default=3, help="rounds of alone vs at once")
+    g.add_argument("--service-submits", type=int, default=16, help="jobs in the wait=false burst")
     return p
 
 
@@ -114,6 +118,8 @@ QUICK = {
     "loss_repeats": 1,
     "latency_repeats": 2,
     "proxy_requests": 6,
+    "service_rounds": 1,
+    "service_submits": 8,
 }
 
 
@@ -148,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     import bench_latency
     import bench_loss
     import bench_proxy
+    import bench_service
     import bench_step
 
     runners: dict[str, Callable[[Any], list[m.Row]]] = {
@@ -155,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         "loss": bench_loss.run,
         "latency": bench_latency.run,
         "proxy": bench_proxy.run,
+        "service": bench_service.run,
     }
     machine = _machine(options)
     started = time.perf_counter()
     rows: list[m.Row] = []
-    for name in ("step", "loss"):
+    for name in ("step", "loss", "service"):
         if name in selected:
             rows += runners[name](options)
     # vLLM keeps the CPU busy even when idle: it runs only for the benchmarks that use it.

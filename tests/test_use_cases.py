@@ -32,9 +32,12 @@ from claas import (
     Completion,
     CompletionFeedback,
     CompletionNotFound,
+    Conflict,
+    IdempotencyConflict,
     InvalidAdapterId,
     InvalidConfig,
     InvalidRequest,
+    JobNotFound,
     Learner,
     LearnerLike,
     RawFeedback,
@@ -42,6 +45,7 @@ from claas import (
     VersionNotFound,
     errors,
 )
+from claas.jobs import FeedbackJob
 from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
 from claas_server import create_app
 
@@ -220,6 +224,97 @@ def test_feedback_forms(bot: LearnerLike) -> None:
     assert len(bot.feedback_events(namespaces=["t"])) == 4
 
 
+# -------------------------------------------------------------------- feedback jobs
+
+
+def test_submit_then_wait(bot: LearnerLike) -> None:
+    answer = bot.chat("t/bot", Q)
+    job = bot.submit_feedback(answer.id, "Shorter.", config={"steps": 2})
+    assert isinstance(job, FeedbackJob)
+    assert job.id.startswith("job-") and job.adapter_id == "t/bot"
+    assert job.status in ("queued", "running", "applied") and len(job.feedback_ids) == 1
+    done = bot.wait(job.id, timeout=30)
+    assert (done.status, done.done, done.version, done.parent_version) == ("applied", True, 1, 0)
+    assert done.metrics["distill_loss"] == pytest.approx(0.1)
+    assert done.finished is not None and done.finished >= done.accepted
+    assert bot.job(job.id) == done
+    assert bot.current_version("t/bot").feedback_ids == done.feedback_ids
+    assert bot.wait(job.id, timeout=0) == done  # a finished job answers at once
+    with pytest.raises(Conflict):
+        bot.cancel(job.id)  # finished: nothing changes
+    assert bot.job(job.id).status == "applied"
+
+
+def test_jobs_listing(bot: LearnerLike) -> None:
+    bot.init_adapter("u/bot")
+    first = bot.submit_feedback(text="a", messages=Q, response="r", adapter_id="t/bot")
+    second = bot.submit_feedback_batch(
+        [
+            RawFeedback(messages=Q, response="r", text="b"),
+            RawFeedback(messages=Q, response="s", text="c"),
+        ],
+        adapter_id="u/bot",
+    )
+    for job in (first, second):
+        bot.wait(job.id, timeout=30)
+    assert len(second.feedback_ids) == 2
+    assert [j.id for j in bot.jobs()] == [second.id, first.id]
+    assert [j.id for j in bot.jobs("t/bot")] == [first.id]
+    assert [j.id for j in bot.jobs(namespaces=["u"])] == [second.id]
+    assert bot.jobs(namespaces=["other"]) == []
+    assert [j.id for j in bot.jobs(status="applied", limit=1)] == [second.id]
+    assert bot.jobs(status="queued") == []
+
+
+def test_an_idempotency_key_never_trains_twice(bot: LearnerLike) -> None:
+    answer = bot.chat("t/bot", Q)
+    job = bot.submit_feedback(answer.id, "Shorter.", idempotency_key="req-1")
+    assert job.idempotency_key == "req-1"
+    bot.wait(job.id, timeout=30)
+    again = bot.submit_feedback(answer.id, "Shorter.", idempotency_key="req-1")
+    assert (again.id, again.status) == (job.id, "applied")
+    assert [v.version for v in bot.versions("t/bot")] == [0, 1]
+    with pytest.raises(IdempotencyConflict):
+        bot.submit_feedback(answer.id, "Longer.", idempotency_key="req-1")
+    assert len(bot.jobs("t/bot")) == 1
+
+
+@pytest.fixture(params=["learner", "client"])
+def slow_claas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LearnerLike]:
+    """Like ``claas``, but each update takes a second: jobs stay queued or running a while."""
+    learner = Learner(
+        Settings(data_dir=tmp_path / "slow"),
+        inference=FakeInference(),
+        engine=FakeTrainer(delay=1.0),
+        tokenizer=FakeTokenizer(),
+    )
+    learner.init_adapter("t/bot")
+    try:
+        if request.param == "learner":
+            yield learner
+        else:
+            with serving(learner) as url, Client(url) as client:
+                yield client
+    finally:
+        learner.close()
+
+
+def test_wait_with_a_timeout_and_cancel_a_queued_job(slow_claas: LearnerLike) -> None:
+    first = slow_claas.submit_feedback(text="a", messages=Q, response="r", adapter_id="t/bot")
+    second = slow_claas.submit_feedback(text="b", messages=Q, response="r", adapter_id="t/bot")
+    started = time.monotonic()
+    early = slow_claas.wait(first.id, timeout=0.2)
+    assert not early.done and early.status in ("queued", "running")
+    assert time.monotonic() - started < 0.9
+    cancelled = slow_claas.cancel(second.id)  # the adapter's jobs run in order: still queued
+    assert (cancelled.status, cancelled.done) == ("cancelled", True)
+    assert slow_claas.wait(first.id, timeout=30).version == 1
+    assert slow_claas.job(second.id).status == "cancelled"
+    with pytest.raises(Conflict):
+        slow_claas.result_of(slow_claas.job(second.id))
+    assert [v.version for v in slow_claas.versions("t/bot")] == [0, 1]
+
+
 # -------------------------------------------------------------------------- errors
 
 
@@ -240,6 +335,21 @@ def test_feedback_forms(bot: LearnerLike) -> None:
         (lambda c: c.feedback(c.chat("t/bot", Q).id, "x", config={"lr": 1}), InvalidConfig),
         (lambda c: c.feedback(text="x", messages=Q, response="r"), InvalidRequest),
         (lambda c: c.feedback_batch([]), InvalidRequest),
+        (lambda c: c.submit_feedback_batch([]), InvalidRequest),
+        (lambda c: c.submit_feedback("chatcmpl-nope", "x"), CompletionNotFound),
+        (
+            lambda c: c.submit_feedback(c.chat("t/bot", Q).id, "x", idempotency_key=""),
+            InvalidRequest,
+        ),
+        (
+            lambda c: c.submit_feedback(c.chat("t/bot", Q).id, "x", idempotency_key="a b"),
+            InvalidRequest,
+        ),
+        (lambda c: c.submit_feedback(text="x", messages=Q, response="r"), InvalidRequest),
+        (lambda c: c.job("job-nope"), JobNotFound),
+        (lambda c: c.wait("job-nope", timeout=1), JobNotFound),
+        (lambda c: c.cancel("job-nope"), JobNotFound),
+        (lambda c: c.jobs(status="lost"), InvalidRequest),  # type: ignore[arg-type]
         (lambda c: c.rollback("t/missing", 0), AdapterNotFound),
         (lambda c: c.delete_adapter("t/missing"), AdapterNotFound),
         (lambda c: c.score("t/bot", Q, ""), InvalidRequest),

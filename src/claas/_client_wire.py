@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ from claas.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    QueueFull,
     error_for_code,
 )
+from claas.jobs.model import FeedbackJob
 from claas.learner_like import MessagesLike
 from claas.records import FeedbackEvent
 from claas.types import (
@@ -33,6 +35,7 @@ from claas.types import (
     ChatMessage,
     Completion,
     CompletionFeedback,
+    DistillConfig,
     Feedback,
     messages_from_dicts,
 )
@@ -47,8 +50,12 @@ _BY_STATUS: Mapping[int, type[ClaasError]] = {
     404: NotFound,
     409: Conflict,
     413: PayloadTooLarge,
+    429: QueueFull,
     503: BackendUnavailable,
 }
+# The server answers back-pressure as OpenAI does (so its client retries): one wire code
+# outside the core's table.
+_RATE_LIMIT_CODE = "rate_limit_exceeded"
 
 
 def error_from(response: httpx.Response) -> ClaasError:
@@ -66,6 +73,8 @@ def error_from(response: httpx.Response) -> ClaasError:
         message = f"{AUTH_FAILED}: {message}"
     fallback = _BY_STATUS.get(status, InvalidRequest if status < 500 else ClaasError)
     code = detail.get("code")
+    if code == _RATE_LIMIT_CODE:
+        return QueueFull(message)
     return error_for_code(code if isinstance(code, str) else None, message, default=fallback)
 
 
@@ -150,7 +159,55 @@ def event_from(data: Mapping[str, Any]) -> FeedbackEvent:
     )
 
 
+def job_from(data: Mapping[str, Any]) -> FeedbackJob:
+    """A job from the server's ``JobInfo`` (a server failure's ``error`` is its public text)."""
+    return FeedbackJob(
+        id=data["id"],
+        adapter_id=data["adapter_id"],
+        status=data["status"],
+        accepted=data["accepted"],
+        feedback_ids=tuple(data["feedback_ids"]),
+        idempotency_key=data["idempotency_key"],
+        started=data["started"],
+        finished=data["finished"],
+        version=data["version"],
+        parent_version=data["parent_version"],
+        metrics=floats(data["metrics"]),
+        timings=floats(data["timings"]),
+        error=data["error"],
+        error_code=data["error_code"],
+        attempts=data["attempts"],
+    )
+
+
 # ----------------------------------------------------------------------- encoding
+
+
+def feedback_body(
+    items: Sequence[Feedback],
+    *,
+    adapter_id: str | None,
+    config: DistillConfig | Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The ``POST /v1/feedback`` body of a batch, after the core's config checks.
+
+    Raises:
+        InvalidConfig: An unknown or out-of-range override.
+        InvalidRequest: No items.
+    """
+    if isinstance(config, DistillConfig):
+        overrides: dict[str, Any] | None = config.to_dict()
+    else:
+        DistillConfig.from_dict(config)  # the core's checks, before sending
+        overrides = dict(config) if config else None
+    if not items:
+        raise InvalidRequest("no feedback items given")
+    body: dict[str, Any] = {"items": [wire_item(item) for item in items]}
+    if adapter_id is not None:
+        body["adapter_id"] = adapter_id
+    if overrides:
+        body["config"] = overrides
+    return body
 
 
 def wire_messages(messages: MessagesLike) -> list[dict[str, str]]:

@@ -7,7 +7,9 @@
     with Client("http://127.0.0.1:8080", api_key="...") as client:
         client.init_adapter("me/assistant", exist_ok=True)
         answer = client.chat("me/assistant", [{"role": "user", "content": "Hi"}])
-        client.feedback(answer.id, "Shorter.")
+        client.feedback(answer.id, "Shorter.")  # returns once the new version serves
+        job = client.submit_feedback(answer.id, "No emojis.")  # returns at once
+        client.wait(job.id, timeout=60)
 
 It has the methods, arguments and return types of :class:`claas.Learner` (both
 are a :class:`claas.LearnerLike`) and raises the same :mod:`claas.errors`
@@ -24,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 import urllib.parse
 import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -43,12 +46,13 @@ from claas._client_wire import (
     completion_from,
     error_from,
     event_from,
+    feedback_body,
     floats,
+    job_from,
     sse_events,
     stream_error,
     summary_from,
     version_from,
-    wire_item,
     wire_messages,
 )
 from claas.errors import (
@@ -56,6 +60,8 @@ from claas.errors import (
     InvalidRequest,
     StorageError,
 )
+from claas.jobs.model import JOB_STATUSES, FeedbackJob, JobStatus, check_idempotency_key
+from claas.jobs.service import result_of
 from claas.learner_like import MessagesLike
 from claas.records import FeedbackEvent
 from claas.results import ChatStream, Score
@@ -77,6 +83,8 @@ __all__ = ["AUTH_FAILED", "Client"]
 _LORA = LoraSpec()
 
 _URL = re.compile(r"^https?://[^/\s]+")
+_MAX_POLL = 60.0  # the server's longest long poll (GET /v1/feedback/{id}?wait=)
+_MAX_LIST = 500  # the server's largest page of jobs or events
 
 
 class Client:
@@ -104,6 +112,8 @@ class Client:
         if not isinstance(url, str) or not _URL.match(url):
             raise InvalidRequest(f"{url!r} is not an http:// or https:// URL")
         self.url = url.rstrip("/")
+        # A long poll must end well within the read timeout, or it would look like a dead server.
+        self._poll = max(0.5, min(_MAX_POLL, timeout / 2))
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(
             base_url=self.url,
@@ -142,6 +152,12 @@ class Client:
     def _adapter_path(adapter_id: str, *rest: str) -> str:
         namespace, name = split_adapter_id(adapter_id)
         return "/".join(("/v1/adapters", namespace, name, *rest))
+
+    @staticmethod
+    def _job_path(job_id: str) -> str:
+        if not isinstance(job_id, str) or not job_id:
+            raise InvalidRequest("job_id must be a non-empty string")
+        return f"/v1/feedback/{urllib.parse.quote(job_id, safe='')}"
 
     # -- adapters -------------------------------------------------------------------------
 
@@ -379,18 +395,7 @@ class Client:
         config: DistillConfig | Mapping[str, Any] | None = None,
     ) -> FeedbackResult:
         """Learn from several feedback items on one adapter in a single update."""
-        if isinstance(config, DistillConfig):
-            overrides: dict[str, Any] | None = config.to_dict()
-        else:
-            DistillConfig.from_dict(config)  # the core's checks, before sending
-            overrides = dict(config) if config else None
-        if not items:
-            raise InvalidRequest("no feedback items given")
-        body: dict[str, Any] = {"items": [wire_item(item) for item in items]}
-        if adapter_id is not None:
-            body["adapter_id"] = adapter_id
-        if overrides:
-            body["config"] = overrides
+        body = feedback_body(items, adapter_id=adapter_id, config=config)
         data = self._json("POST", "/v1/feedback", json=body)
         return FeedbackResult(
             feedback_ids=tuple(data["feedback_ids"]),
@@ -401,6 +406,104 @@ class Client:
             timings=floats(data["timings"]),
         )
 
+    # -- feedback jobs --------------------------------------------------------------------
+
+    def submit_feedback(
+        self,
+        completion_id: str | None = None,
+        text: str | None = None,
+        *,
+        config: DistillConfig | Mapping[str, Any] | None = None,
+        messages: MessagesLike | None = None,
+        response: str | None = None,
+        adapter_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> FeedbackJob:
+        """Record feedback on one response as a job and return it at once (``queued``).
+
+        Takes the arguments of :meth:`feedback`; follow the job with :meth:`job`
+        or :meth:`wait`.
+
+        Args:
+            idempotency_key: Makes a retry safe: the same key on the same adapter
+                returns the job already recorded, whatever its state.
+
+        Raises:
+            InvalidRequest: As :meth:`feedback`, or a malformed ``idempotency_key``.
+            IdempotencyConflict: The key was used with a different request.
+            QueueFull: Too many jobs wait (HTTP 429); nothing was recorded.
+        """
+        item = feedback_item(completion_id, text, messages, response)
+        return self.submit_feedback_batch(
+            [item], adapter_id=adapter_id, config=config, idempotency_key=idempotency_key
+        )
+
+    def submit_feedback_batch(
+        self,
+        items: Sequence[Feedback],
+        *,
+        adapter_id: str | None = None,
+        config: DistillConfig | Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> FeedbackJob:
+        """Record several items on one adapter as one job (one update); return it at once."""
+        key = check_idempotency_key(idempotency_key)
+        body = {**feedback_body(items, adapter_id=adapter_id, config=config), "wait": False}
+        headers = {"Idempotency-Key": key} if key is not None else None
+        return job_from(self._json("POST", "/v1/feedback", json=body, headers=headers))
+
+    def job(self, job_id: str) -> FeedbackJob:
+        """A feedback job as it is now (raises ``JobNotFound``)."""
+        return job_from(self._json("GET", self._job_path(job_id)))
+
+    def jobs(
+        self,
+        adapter_id: str | None = None,
+        *,
+        status: JobStatus | None = None,
+        namespaces: Collection[str] | None = None,
+        limit: int = 50,
+    ) -> list[FeedbackJob]:
+        """Feedback jobs the key may see, newest first (optionally of one adapter or state)."""
+        if status is not None and status not in JOB_STATUSES:
+            raise InvalidRequest(f"status={status!r}: must be one of {', '.join(JOB_STATUSES)}")
+        params: dict[str, Any] = {
+            "limit": _MAX_LIST if namespaces is not None else min(limit, _MAX_LIST)
+        }
+        if adapter_id is not None:
+            params["adapter_id"] = adapter_id
+        if status is not None:
+            params["status"] = status
+        found = [
+            job_from(item) for item in self._json("GET", "/v1/feedback", params=params)["data"]
+        ]
+        if namespaces is not None:
+            found = [j for j in found if j.adapter_id.split("/", 1)[0] in namespaces]
+        return found[:limit]
+
+    def wait(self, job_id: str, timeout: float | None = None) -> FeedbackJob:
+        """Block until the job is final or ``timeout`` seconds pass; return it as it then is.
+
+        Long-polls the server (a minute at most per request). Check ``.done``.
+        """
+        path = self._job_path(job_id)
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            left = self._poll if deadline is None else deadline - time.monotonic()
+            poll = max(0.0, min(self._poll, left))
+            params = {"wait": round(poll, 3)} if poll > 0 else None
+            found = job_from(self._json("GET", path, params=params))
+            if found.done or (deadline is not None and time.monotonic() >= deadline):
+                return found
+
+    def cancel(self, job_id: str) -> FeedbackJob:
+        """Cancel a queued job; a running or finished one raises ``Conflict``."""
+        return job_from(self._json("DELETE", self._job_path(job_id)))
+
+    def result_of(self, job: FeedbackJob) -> FeedbackResult:
+        """The result of an applied job; raises the error of any other state (as the Learner)."""
+        return result_of(job)
+
     def feedback_events(
         self,
         adapter_id: str | None = None,
@@ -408,11 +511,11 @@ class Client:
         namespaces: Collection[str] | None = None,
         limit: int = 50,
     ) -> list[FeedbackEvent]:
-        """Recent feedback events the key may see, newest first."""
-        params: dict[str, Any] = {"limit": 500 if namespaces is not None else limit}
+        """Recent feedback events the key may see (one per item of a job), newest first."""
+        params: dict[str, Any] = {"limit": _MAX_LIST if namespaces is not None else limit}
         if adapter_id is not None:
             params["adapter_id"] = adapter_id
-        data = self._json("GET", "/v1/feedback", params=params)["data"]
+        data = self._json("GET", "/v1/feedback/events", params=params)["data"]
         events = [event_from(item) for item in data]
         if namespaces is not None:
             events = [e for e in events if e.adapter_id.split("/", 1)[0] in namespaces]

@@ -4,10 +4,11 @@ Code written against this protocol runs unchanged on a
 :class:`claas.Learner` (the model in this process) and on a
 :class:`claas.Client` (a CLaaS server over HTTP)::
 
-    def teach(claas: LearnerLike) -> int:
+    def teach(claas: LearnerLike) -> int | None:
         claas.init_adapter("me/bot", exist_ok=True)
         answer = claas.chat("me/bot", [{"role": "user", "content": "Hi"}])
-        return claas.feedback(answer.id, "Shorter.").version
+        job = claas.submit_feedback(answer.id, "Shorter.")  # queued, returns at once
+        return claas.wait(job.id).version
 
 Both return the same core records and raise the same :mod:`claas.errors`.
 """
@@ -31,6 +32,7 @@ from claas.types import (
 )
 
 if TYPE_CHECKING:
+    from claas.jobs.model import FeedbackJob, JobStatus
     from claas.records import FeedbackEvent
     from claas.results import ChatStream, Score
 
@@ -102,6 +104,58 @@ class LearnerLike(Protocol):
         config: DistillConfig | Mapping[str, Any] | None = None,
     ) -> FeedbackResult:
         """Learn from several feedback items on one adapter in a single update."""
+        ...
+
+    def submit_feedback(
+        self,
+        completion_id: str | None = None,
+        text: str | None = None,
+        *,
+        config: DistillConfig | Mapping[str, Any] | None = None,
+        messages: MessagesLike | None = None,
+        response: str | None = None,
+        adapter_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> FeedbackJob:
+        """Record feedback on one response as a job and return it at once (``queued``)."""
+        ...
+
+    def submit_feedback_batch(
+        self,
+        items: Sequence[Feedback],
+        *,
+        adapter_id: str | None = None,
+        config: DistillConfig | Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> FeedbackJob:
+        """Record several items on one adapter as one job (one update); return it at once."""
+        ...
+
+    def job(self, job_id: str) -> FeedbackJob:
+        """A feedback job as it is now (raises ``JobNotFound``)."""
+        ...
+
+    def jobs(
+        self,
+        adapter_id: str | None = None,
+        *,
+        status: JobStatus | None = None,
+        namespaces: Collection[str] | None = None,
+        limit: int = 50,
+    ) -> list[FeedbackJob]:
+        """Feedback jobs, newest first (optionally of one adapter, state or namespaces)."""
+        ...
+
+    def wait(self, job_id: str, timeout: float | None = None) -> FeedbackJob:
+        """Block until the job is final or ``timeout`` seconds pass; return it as it then is."""
+        ...
+
+    def cancel(self, job_id: str) -> FeedbackJob:
+        """Cancel a queued job (a running or finished one raises ``Conflict``)."""
+        ...
+
+    def result_of(self, job: FeedbackJob) -> FeedbackResult:
+        """The result of an applied job; raises the error of any other state."""
         ...
 
     def versions(self, adapter_id: str) -> list[AdapterVersion]:

@@ -24,6 +24,7 @@ from claas import (
     InvalidRequest,
     Learner,
     PermissionDenied,
+    QueueFull,
     Settings,
 )
 from claas.config import ServerSettings
@@ -130,6 +131,25 @@ def test_full_loop_through_the_server(remote: Run, observer: Learner, tmp_path: 
     assert observer.adapters() == []
 
 
+def test_jobs_through_the_server(remote: Run, cli: Run, url: str, observer: Learner) -> None:
+    remote("adapters", "init", "team/bot")
+    answer = remote("chat", "team/bot", "-m", "hello")
+    job = remote("feedback", answer["id"], "shorter", "--no-wait", "--idempotency-key", "k-1")
+    assert (job["adapter_id"], job["idempotency_key"]) == ("team/bot", "k-1")
+    done = remote("jobs", "wait", job["id"], "--timeout", "30")
+    assert (done["status"], done["version"]) == ("applied", 1)
+    assert observer.job(job["id"]).version == 1
+    assert remote("jobs", "show", job["id"]) == done
+    assert [j["id"] for j in remote("jobs", "ls", "team/bot", "--status", "applied")] == [job["id"]]
+    again = remote("feedback", answer["id"], "shorter", "--idempotency-key", "k-1")
+    assert again["version"] == 1  # the same job's update, not a second one
+    assert observer.current_version("team/bot").version == 1
+    cancel = cli("jobs", "cancel", job["id"], "--url", url)
+    assert cancel.exit_code == 1 and cancel.stderr.startswith("error: Conflict:")
+    missing = cli("jobs", "show", "job-nope", "--url", url)
+    assert missing.exit_code == 1 and missing.stderr.startswith("error: JobNotFound:")
+
+
 def test_local_and_remote_print_the_same_shapes(cli_json: Run, remote: Run) -> None:
     local = cli_json("adapters", "init", "l/bot")
     served = remote("adapters", "init", "r/bot")
@@ -141,6 +161,10 @@ def test_local_and_remote_print_the_same_shapes(cli_json: Run, remote: Run) -> N
     served_update = remote("feedback", served_answer["id"], "more")
     assert local_update.keys() == served_update.keys()
     assert local_update["metrics"] == served_update["metrics"]
+    local_job = cli_json("feedback", local_answer["id"], "less", "--no-wait")
+    served_job = remote("feedback", served_answer["id"], "less", "--no-wait")
+    assert local_job.keys() == served_job.keys()
+    assert cli_json("jobs", "ls")[0].keys() == remote("jobs", "ls")[0].keys()
     assert cli_json("adapters", "versions", "l/bot")[1].keys() == (
         remote("adapters", "versions", "r/bot")[1].keys()
     )
@@ -239,6 +263,9 @@ def _answering(status: int, body: Any) -> Client:
         (403, {"error": {"message": "no", "code": "something_new"}}, PermissionDenied),
         (422, {"error": {"message": "schema", "code": "validation_error"}}, InvalidRequest),
         (503, {"error": {"message": "down"}}, BackendUnavailable),
+        (429, {"error": {"message": "full", "code": "rate_limit_exceeded"}}, QueueFull),
+        (429, {"error": {"message": "slow down"}}, QueueFull),
+        (400, {"error": {"message": "odd", "code": "rate_limit_exceeded"}}, QueueFull),
         (502, "<html>bad gateway</html>", ClaasError),
     ],
 )

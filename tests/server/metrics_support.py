@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,3 +22,19 @@ def value(text: str, name: str, **labels: str) -> float:
         for sample in family.samples
     }
     return found[(name, frozenset(labels.items()))]
+
+
+def settled(scrape: Callable[[], str], name: str, expected: float, **labels: str) -> str:
+    """Scrape until sample ``name`` reads ``expected`` (job metrics are fed by the worker,
+    which may count a job just after a waiting request returned); return that scrape.
+    """
+    deadline = time.monotonic() + 10
+    while True:
+        text = scrape()
+        try:
+            if value(text, name, **labels) == expected or time.monotonic() > deadline:
+                return text
+        except KeyError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.02)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from metrics_support import value
+from metrics_support import settled, value
 from prometheus_client import CONTENT_TYPE_LATEST
 from server_support import fake_learner, snapshot
 
@@ -23,14 +23,17 @@ from claas.errors import (
     ClaasError,
     CompletionNotFound,
     Conflict,
+    IdempotencyConflict,
     InvalidAdapterId,
     InvalidConfig,
     InvalidRequest,
+    JobNotFound,
     MissingDependency,
     NonFiniteUpdate,
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    QueueFull,
     StorageError,
     TrainingError,
     VersionNotFound,
@@ -78,6 +81,9 @@ def sse(lines: Sequence[str]) -> list[Any]:
         (CompletionNotFound("x"), 404),
         (Conflict("x"), 409),
         (AdapterExists("x"), 409),
+        (IdempotencyConflict("x"), 409),
+        (JobNotFound("x"), 404),
+        (QueueFull("x"), 429),
         (PermissionDenied("x"), 403),
         (NonFiniteUpdate("x"), 422),
         (TrainingError("x"), 500),
@@ -100,7 +106,7 @@ def test_every_core_error_class_is_mapped() -> None:
     classes = [c for c in (getattr(claas.errors, n) for n in names) if isinstance(c, type)]
     for cls in classes:
         if cls is not ClaasError:
-            assert status_for(cls("x"))[0] in (400, 403, 404, 409, 413, 422, 500, 503), cls
+            assert status_for(cls("x"))[0] in (400, 403, 404, 409, 413, 422, 429, 500, 503), cls
 
 
 def test_distill_overrides_cover_distill_config() -> None:
@@ -517,7 +523,8 @@ def test_failed_update_is_counted_and_publishes_nothing(fake: Learner) -> None:
         assert response.status_code == 422
         assert response.json()["error"]["code"] == "non_finite_update"
         assert learner.current_version("alpha/bot").version == 0
-        scraped = client.get("/metrics").text
+        scrape = lambda: client.get("/metrics").text  # noqa: E731
+        scraped = settled(scrape, "claas_feedback_steps_total", 1, outcome="failed")
         assert value(scraped, "claas_feedback_steps_total", outcome="failed") == 1
         assert value(scraped, "claas_feedback_steps_total", outcome="applied") == 0
 
@@ -525,9 +532,9 @@ def test_failed_update_is_counted_and_publishes_nothing(fake: Learner) -> None:
 def test_feedback_events_list(bot: TestClient) -> None:
     completion = chat(bot)
     bot.post("/v1/feedback", json={"completion_id": completion["id"], "feedback": "Shorter."})
-    events = bot.get("/v1/feedback", params={"adapter_id": "alpha/bot"}).json()["data"]
+    events = bot.get("/v1/feedback/events", params={"adapter_id": "alpha/bot"}).json()["data"]
     assert [(e["text"], e["status"], e["version"]) for e in events] == [("Shorter.", "applied", 1)]
-    assert bot.get("/v1/feedback").json()["data"][0]["id"] == events[0]["id"]
+    assert bot.get("/v1/feedback/events").json()["data"][0]["id"] == events[0]["id"]
 
 
 # --------------------------------------------------------------------- adapters
@@ -613,7 +620,8 @@ def test_health_and_metrics(bot: TestClient) -> None:
     bot.post("/v1/feedback", json={"completion_id": chat(bot)["id"], "feedback": "x"})
     response = bot.get("/metrics")
     assert response.headers["content-type"] == CONTENT_TYPE_LATEST
-    text = response.text
+    scrape = lambda: bot.get("/metrics").text  # noqa: E731
+    text = settled(scrape, "claas_jobs_finished_total", 1, outcome="applied")
     route = {"method": "POST", "route": "/v1/chat/completions", "status": "200"}
     assert value(text, "claas_http_requests_total", **route) == 1
     assert value(text, "claas_feedback_steps_total", outcome="applied") == 1
@@ -622,6 +630,9 @@ def test_health_and_metrics(bot: TestClient) -> None:
     assert value(text, "claas_feedback_step_seconds_bucket", le="+Inf") == 1
     assert value(text, "claas_feedback_queue_depth") == 0
     assert value(text, "claas_records", kind="versions") == 2
+    assert value(text, "claas_jobs", state="applied") == 1
+    assert value(text, "claas_jobs", state="queued") == 0
+    assert value(text, "claas_job_latency_seconds_count") == 1
 
 
 def test_openapi_documents_the_api(client: TestClient) -> None:
@@ -643,8 +654,23 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
         assert path in paths, path
     feedback = paths["/v1/feedback"]["post"]
     examples = feedback["requestBody"]["content"]["application/json"]["examples"]
-    assert set(examples) == {"by_completion", "raw", "batch"}
-    assert "403" in feedback["responses"] and "413" in feedback["responses"]
+    assert set(examples) == {"by_completion", "raw", "batch", "no_wait"}
+    assert {"200", "202", "403", "413", "429"} <= set(feedback["responses"])
+    assert feedback["responses"]["202"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/JobInfo"
+    }
+    assert "Retry-After" in feedback["responses"]["429"]["headers"]
+    headers = [p["name"] for p in feedback["parameters"] if p["in"] == "header"]
+    assert headers == ["Idempotency-Key"]
+    job = paths["/v1/feedback/{job_id}"]
+    assert set(job) == {"get", "delete"}
+    assert [p["name"] for p in job["get"]["parameters"]] == ["job_id", "wait"]
+    listing = paths["/v1/feedback"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert listing["schema"] == {"$ref": "#/components/schemas/JobList"}
+    events = paths["/v1/feedback/events"]["get"]["responses"]["200"]["content"]
+    assert events["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/FeedbackEventList"
+    }
     assert "/dashboard" not in paths
 
 

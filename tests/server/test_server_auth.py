@@ -71,6 +71,7 @@ def _requests(ids: dict[str, str]) -> list[tuple[str, str, dict[str, Any] | None
             },
         ),
         ("GET", "/v1/feedback?adapter_id=beta/bot", None),
+        ("GET", "/v1/feedback/events?adapter_id=beta/bot", None),
         ("POST", "/v1/chat/completions", {"model": "beta/bot", "messages": USER}),
         ("POST", "/v1/chat/completions", {"model": "beta/bot", "messages": USER, "stream": True}),
         ("POST", "/v1/completions", {"model": "beta/bot", "prompt": "x"}),
@@ -98,6 +99,9 @@ def test_no_key_or_a_wrong_key_is_401(
         ("GET", "/v1/models", None),
         ("GET", "/v1/adapters", None),
         ("GET", "/v1/feedback", None),
+        ("GET", "/v1/feedback/events", None),
+        ("GET", "/v1/feedback/job-0123", None),
+        ("DELETE", "/v1/feedback/job-0123", None),
         ("GET", "/metrics", None),
         ("POST", "/v1/chat/completions", {"model": "alpha/bot", "messages": USER}),
     ]
@@ -158,7 +162,9 @@ def test_listings_show_only_the_keys_namespaces(
     models = keyed_client.get("/v1/models", headers=alpha).json()["data"]
     assert "beta/bot" not in [m["id"] for m in models]
     assert keyed_client.get("/v1/feedback", headers=alpha).json()["data"] == []
-    assert "claas_records" not in families(keyed_client.get("/metrics", headers=alpha).text)
+    assert keyed_client.get("/v1/feedback/events", headers=alpha).json()["data"] == []
+    scraped = families(keyed_client.get("/metrics", headers=alpha).text)
+    assert "claas_records" not in scraped and "claas_jobs" not in scraped
     dashboard = keyed_client.get("/dashboard", headers=alpha).text
     assert "alpha/bot" in dashboard and "beta/bot" not in dashboard
     assert "beta&#x27;s secret" not in dashboard and "beta's secret" not in dashboard
@@ -167,7 +173,41 @@ def test_listings_show_only_the_keys_namespaces(
     admin = auth(KEY_ADMIN)
     every = keyed_client.get("/v1/adapters", headers=admin).json()["data"]
     assert [a["id"] for a in every] == ["alpha/bot", "beta/bot"]
-    assert "claas_records" in families(keyed_client.get("/metrics", headers=admin).text)
+    scraped = families(keyed_client.get("/metrics", headers=admin).text)
+    assert "claas_records" in scraped and "claas_jobs" in scraped
+    assert len(keyed_client.get("/v1/feedback", headers=admin).json()["data"]) == 1
+
+
+def test_another_tenants_job_is_not_found(
+    keyed_client: TestClient, keyed_fake: Learner, tenants: dict[str, str]
+) -> None:
+    """A job id of another namespace answers exactly as an unknown id: it reveals nothing."""
+    queued = keyed_client.post(
+        "/v1/feedback",
+        json={"completion_id": tenants["beta/bot"], "feedback": "beta's", "wait": False},
+        headers=auth(KEY_BETA),
+    )
+    assert queued.status_code == 202, queued.text
+    job_id = queued.json()["id"]
+    keyed_fake.wait(job_id, timeout=30)
+    before = snapshot(keyed_fake)
+    alpha = auth(KEY_ALPHA)
+    for method, path in (
+        ("GET", f"/v1/feedback/{job_id}"),
+        ("GET", f"/v1/feedback/{job_id}?wait=1"),
+        ("DELETE", f"/v1/feedback/{job_id}"),
+    ):
+        theirs = keyed_client.request(method, path, headers=alpha)
+        unknown = keyed_client.request(method, path.replace(job_id, "job-unknown"), headers=alpha)
+        assert theirs.status_code == unknown.status_code == 404, theirs.text
+        assert theirs.json()["error"]["code"] == "job_not_found"
+        assert theirs.json()["error"]["message"] == unknown.json()["error"]["message"].replace(
+            "job-unknown", job_id
+        )
+    assert snapshot(keyed_fake) == before
+    assert keyed_client.get("/v1/feedback", headers=alpha).json()["data"] == []
+    mine = keyed_client.get(f"/v1/feedback/{job_id}", headers=auth(KEY_BETA))
+    assert mine.status_code == 200 and mine.json()["status"] == "applied"
 
 
 def test_other_tenants_volume_never_hides_a_tenants_own_feedback(
@@ -185,11 +225,12 @@ def test_other_tenants_volume_never_hides_a_tenants_own_feedback(
             records.add_feedback(
                 feedback_id=f"fb-beta-{i}", adapter_id="beta/bot", completion_id=None, text="b"
             )
-    mine = keyed_client.get("/v1/feedback", headers=alpha).json()["data"]
+    mine = keyed_client.get("/v1/feedback/events", headers=alpha).json()["data"]
     assert [e["text"] for e in mine] == ["alpha's own"]
     dashboard = keyed_client.get("/dashboard", headers=alpha).text
     assert "alpha&#x27;s own" in dashboard
-    assert len(keyed_client.get("/v1/feedback?limit=500", headers=beta).json()["data"]) == 500
+    events = keyed_client.get("/v1/feedback/events?limit=500", headers=beta).json()["data"]
+    assert len(events) == 500
 
 
 def test_a_damaged_latest_is_shown_not_papered_over(

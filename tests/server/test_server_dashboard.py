@@ -117,9 +117,35 @@ def test_adapter_page_shows_versions_lineage_and_charts(client: TestClient, fake
     assert client.get("/dashboard/adapters/alpha/..").status_code in (400, 404)
 
 
+def test_jobs_table_and_queue_depth(client: TestClient, fake: Learner) -> None:
+    _history(fake)
+    jobs = fake.jobs("alpha/bot")
+    html = client.get("/dashboard").text
+    table = parse(html).tables["jobs"]
+    assert table[0][:4] == ["job", "accepted (UTC)", "adapter", "state"]
+    rows = table[1:]
+    assert [(r[0], r[2], r[3]) for r in rows] == [(j.id, "alpha/bot", "applied") for j in jobs]
+    assert [r[4] for r in rows] == ["v1 → v4", "v2 → v3", "v1 → v2", "v0 → v1"]
+    assert "updates queued" in html and "updates running" in html  # an open server: admin
+    detail = parse(client.get("/dashboard/adapters/alpha/bot").text).tables["jobs"]
+    assert [r[0] for r in detail[1:]] == [j.id for j in jobs]
+    assert parse(client.get("/dashboard/adapters/beta/bot").text).tables["jobs"][1] == [
+        "No feedback jobs yet."
+    ]
+
+
+def test_queue_depth_is_for_admin_keys_only(keyed_client: TestClient, keyed_fake: Learner) -> None:
+    _history(keyed_fake)
+    alpha = keyed_client.get("/dashboard", headers={"Authorization": f"Bearer {KEY_ALPHA}"}).text
+    assert "updates queued" not in alpha and len(parse(alpha).tables["jobs"]) == 5
+    admin = keyed_client.get("/dashboard", headers={"Authorization": f"Bearer {KEY_ADMIN}"}).text
+    assert "updates queued" in admin
+
+
 def test_empty_dashboard(client: TestClient) -> None:
     page = parse(client.get("/dashboard").text)
     assert page.tables["adapters"][1] == ["No adapters yet: POST /v1/adapters to create one."]
+    assert page.tables["jobs"][1] == ["No feedback jobs yet."]
 
 
 def test_login_with_form_cookie_or_query(keyed_client: TestClient, keyed_fake: Learner) -> None:

@@ -10,15 +10,41 @@ from metrics_support import families, value
 from prometheus_client import CONTENT_TYPE_LATEST
 from server_support import fake_learner
 
+from claas.jobs import FINAL_JOB_STATUSES, FeedbackJob
 from claas_server import create_app
-from claas_server.metrics import STEP_BUCKETS, LearnerGauges, Metrics
+from claas_server.metrics import JOB_BUCKETS, STEP_BUCKETS, LearnerGauges, Metrics
 
 USER = [{"role": "user", "content": "hello there"}]
 
 
-def render(metrics: Metrics, *, depth: int = 0, records: dict[str, int] | None = None) -> str:
-    counts = None if records is None else (lambda: records)
-    return metrics.render(LearnerGauges(queue_depth=lambda: depth, record_counts=counts)).decode()
+def render(
+    metrics: Metrics,
+    *,
+    depth: int = 0,
+    records: dict[str, int] | None = None,
+    jobs: dict[str, int] | None = None,
+) -> str:
+    gauges = LearnerGauges(
+        queue_depth=lambda: depth,
+        record_counts=None if records is None else (lambda: records),
+        job_counts=None if jobs is None else (lambda: jobs),
+    )
+    return metrics.render(gauges).decode()
+
+
+def finished(
+    status: str, *, waited: float = 2.0, items: int = 1, total: float = 1.5
+) -> FeedbackJob:
+    """A job of ``items`` items that reached ``status`` ``waited`` seconds after acceptance."""
+    return FeedbackJob(
+        id=f"job-{status}",
+        adapter_id="alpha/bot",
+        status=status,  # type: ignore[arg-type]
+        accepted=1000.0,
+        finished=1000.0 + waited,
+        feedback_ids=tuple(f"fb-{i}" for i in range(items)),
+        timings={"total_seconds": total},
+    )
 
 
 def test_families_types_and_labels() -> None:
@@ -26,15 +52,19 @@ def test_families_types_and_labels() -> None:
     metrics.observe_request("POST", "/v1/feedback", 200)
     metrics.observe_feedback("applied", items=2, seconds=0.3)
     metrics.observe_tokens(3, 4)
-    found = families(render(metrics, depth=1, records={"versions": 2}))
+    metrics.observe_job(finished("applied"))
+    found = families(render(metrics, depth=1, records={"versions": 2}, jobs={"queued": 1}))
     assert {name: f.type for name, f in found.items()} == {
         "claas_http_requests": "counter",
         "claas_feedback_steps": "counter",
         "claas_feedback_items": "counter",
         "claas_feedback_step_seconds": "histogram",
         "claas_tokens": "counter",
+        "claas_jobs_finished": "counter",
+        "claas_job_latency_seconds": "histogram",
         "claas_feedback_queue_depth": "gauge",
         "claas_records": "gauge",
+        "claas_jobs": "gauge",
     }
     labels = {name: {k for s in f.samples for k in s.labels} for name, f in found.items()}
     assert labels == {
@@ -43,8 +73,11 @@ def test_families_types_and_labels() -> None:
         "claas_feedback_items": set(),
         "claas_feedback_step_seconds": {"le"},
         "claas_tokens": {"kind"},
+        "claas_jobs_finished": {"outcome"},
+        "claas_job_latency_seconds": {"le"},
         "claas_feedback_queue_depth": set(),
         "claas_records": {"kind"},
+        "claas_jobs": {"state"},
     }
     # Only the documented series: no ``*_created`` timestamps next to the counters.
     names = {s.name for f in found.values() for s in f.samples}
@@ -68,7 +101,7 @@ def test_counts_and_histogram_values() -> None:
     assert value(text, "claas_tokens_total", kind="completion") == 4
     assert value(text, "claas_feedback_step_seconds_count") == 1
     assert value(text, "claas_feedback_step_seconds_sum") == 0.3
-    (histogram,) = (f for f in families(text).values() if f.type == "histogram")
+    histogram = families(text)["claas_feedback_step_seconds"]
     buckets = {float(s.labels["le"]): s.value for s in histogram.samples if "le" in s.labels}
     assert list(buckets) == [*STEP_BUCKETS, math.inf]
     assert buckets == {b: float(b >= 0.3) for b in (*STEP_BUCKETS, math.inf)}
@@ -81,6 +114,44 @@ def test_known_label_values_start_at_zero() -> None:
     for kind in ("prompt", "completion"):
         assert value(text, "claas_tokens_total", kind=kind) == 0
     assert families(text)["claas_http_requests"].samples == []
+    for status in FINAL_JOB_STATUSES:
+        assert value(text, "claas_jobs_finished_total", outcome=status) == 0
+    assert value(text, "claas_job_latency_seconds_count") == 0
+
+
+def test_finished_jobs_feed_outcomes_latency_and_steps() -> None:
+    metrics = Metrics()
+    metrics.observe_job(finished("applied", waited=2.0, items=3))
+    metrics.observe_job(finished("failed", waited=700.0))
+    metrics.observe_job(finished("rejected", waited=1.0))
+    metrics.observe_job(finished("cancelled", waited=0.5))
+    metrics.observe_job(finished("running"))  # not final: nothing counted
+    text = render(metrics)
+    for status in FINAL_JOB_STATUSES:
+        assert value(text, "claas_jobs_finished_total", outcome=status) == 1
+    assert value(text, "claas_job_latency_seconds_count") == 4
+    assert value(text, "claas_job_latency_seconds_sum") == 703.5
+    latency = families(text)["claas_job_latency_seconds"]
+    buckets = {float(s.labels["le"]): s.value for s in latency.samples if "le" in s.labels}
+    assert list(buckets) == [*JOB_BUCKETS, math.inf]
+    assert buckets[0.5] == 1 and buckets[2.5] == 3 and buckets[600.0] == 3 and buckets[1800.0] == 4
+    # A rejected candidate was a step that published nothing; a cancelled job made none.
+    assert value(text, "claas_feedback_steps_total", outcome="applied") == 1
+    assert value(text, "claas_feedback_steps_total", outcome="failed") == 2
+    assert value(text, "claas_feedback_items_total") == 3
+    assert value(text, "claas_feedback_step_seconds_count") == 3
+
+
+def test_job_states_are_read_at_each_scrape() -> None:
+    counts = {"queued": 2, "running": 1, "applied": 0}
+    metrics = Metrics()
+    first = render(metrics, jobs=counts)
+    counts["queued"] = 0
+    second = render(metrics, jobs=counts)
+    assert value(first, "claas_jobs", state="queued") == 2
+    assert value(first, "claas_jobs", state="running") == 1
+    assert value(second, "claas_jobs", state="queued") == 0
+    assert "claas_jobs" not in families(render(metrics))
 
 
 def test_learner_gauges_are_read_at_each_scrape() -> None:

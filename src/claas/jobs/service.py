@@ -121,14 +121,14 @@ class JobService:
 
     def _apply(self, jobs: Sequence[FeedbackJob]) -> None:
         finished = self._run(jobs)
-        with self._finished:
-            self._finished.notify_all()
-        for job in finished:
+        for job in finished:  # before waking waiters: a response never outruns its metrics
             for listener in self._listeners:
                 try:
                     listener(job)
                 except Exception:  # a metrics hook must not stop the worker
                     log.exception("job listener %r failed", listener)
+        with self._finished:
+            self._finished.notify_all()
 
 
 def raise_for(job: FeedbackJob) -> None:

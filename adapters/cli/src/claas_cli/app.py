@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from claas_cli import adapters, chat, demo, feedback, tools
+from claas_cli import adapters, chat, demo, feedback, jobs, tools
 from claas_cli.context import CliState
 from claas_cli.output import ClaasGroup, Output
 
@@ -58,6 +58,7 @@ app.command()(demo.demo)
 app.command()(chat.chat)
 app.command()(feedback.feedback)
 app.add_typer(adapters.app, name="adapters")
+app.add_typer(jobs.app, name="jobs")
 app.command()(tools.models)
 app.command()(tools.serve)
 app.command(

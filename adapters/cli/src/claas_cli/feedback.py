@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from claas_cli.context import ApiKeyOpt, JsonOpt, UrlOpt, open_client, state_of
-from claas_cli.render import update_line, update_view
+from claas_cli.render import job_line, job_view, update_line, update_view
 
 __all__ = ["feedback", "parse_overrides"]
 
@@ -66,6 +66,17 @@ def feedback(
         list[str] | None,
         typer.Option("--set", help="One hyperparameter as key=value (repeatable)."),
     ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Wait for the new version (default), or print the queued job at once.",
+        ),
+    ] = True,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="A key that makes a retry return the same job, never a second update."),
+    ] = None,
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
     json: JsonOpt = False,
@@ -74,6 +85,9 @@ def feedback(
 
     Either `claas feedback COMPLETION_ID TEXT`, or, for an answer CLaaS did not
     serve, `claas feedback --adapter NS/NAME --prompt P --response R TEXT`.
+    With --no-wait the job is printed as soon as it is recorded; follow it with
+    `claas jobs show JOB_ID` (without --url, a queued job is applied by the next
+    process that opens the data directory, e.g. `claas jobs wait JOB_ID`).
     """
     state = state_of(ctx, json=json)
     config = parse_overrides(config_json, set_ or [])
@@ -88,17 +102,24 @@ def feedback(
             "give COMPLETION_ID and TEXT (or --adapter, --prompt and --response with TEXT)",
             param_hint="[COMPLETION_ID] TEXT",
         )
+    if raw:
+        assert adapter is not None and prompt is not None and response is not None
+        completion_id, text = None, args[0]
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        completion_id, text, messages = args[0], args[1], None
     with closing(open_client(state, url, api_key)) as client:
-        if raw:
-            assert adapter is not None and prompt is not None and response is not None
-            messages = [{"role": "user", "content": prompt}]
-            update = client.feedback(
-                text=args[0],
-                messages=messages,
-                response=response,
-                adapter_id=adapter,
-                config=config,
-            )
-        else:
-            update = client.feedback(args[0], args[1], config=config)
+        job = client.submit_feedback(
+            completion_id,
+            text,
+            messages=messages,
+            response=response,
+            adapter_id=adapter,
+            config=config,
+            idempotency_key=idempotency_key,
+        )
+        if not wait:
+            state.out.data(job_view(job), lambda c: c.print(job_line(job)))
+            return
+        update = client.result_of(client.wait(job.id))
     state.out.data(update_view(update), lambda c: c.print(update_line(update)))

@@ -10,15 +10,20 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from claas import AdapterSummary, AdapterVersion, Completion, FeedbackResult
+from claas.jobs import FeedbackJob
 
 __all__ = [
     "answer_tag",
     "answer_view",
     "format_time",
+    "job_line",
+    "job_view",
+    "jobs_table",
     "summary_view",
     "update_line",
     "update_view",
@@ -112,6 +117,58 @@ def update_line(update: FeedbackResult) -> str:
     if "total_seconds" in update.timings:
         parts.append(f"{update.timings['total_seconds']:.2f}s")
     return ", ".join(parts)
+
+
+def job_view(job: FeedbackJob) -> dict[str, Any]:
+    """A feedback job as ``--json`` prints it (the fields of :class:`claas.jobs.FeedbackJob`)."""
+    return {**job.to_dict(), "done": job.done}
+
+
+_STATUS_STYLE = {"applied": "green", "failed": "red", "rejected": "red", "running": "yellow"}
+
+
+def _status(job: FeedbackJob) -> str:
+    style = _STATUS_STYLE.get(job.status)
+    return f"[{style}]{job.status}[/]" if style else job.status
+
+
+def _step(job: FeedbackJob) -> str:
+    if job.version is None:
+        return "-"
+    return f"v{job.parent_version} -> v{job.version}"
+
+
+def job_line(job: FeedbackJob) -> str:
+    """One line (rich markup): the job, its adapter and state, and what became of it."""
+    parts = [f"{escape(job.id)} {escape(job.adapter_id)}: {_status(job)}"]
+    if job.version is not None:
+        parts.append(_step(job))
+    if job.error:
+        parts.append(escape(job.error))
+    if job.status == "queued":
+        parts.append(f"follow it with: claas jobs show {escape(job.id)}")
+    return ", ".join(parts)
+
+
+def jobs_table(jobs: Sequence[FeedbackJob]) -> Table:
+    """A table of jobs: id, adapter, state, update, accepted, error (borders kept light)."""
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("job", no_wrap=True)  # an id to copy whole
+    table.add_column("adapter", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("update", no_wrap=True)
+    for column in ("accepted", "error"):
+        table.add_column(column)
+    for job in jobs:
+        table.add_row(
+            escape(job.id),
+            escape(job.adapter_id),
+            _status(job),
+            _step(job),
+            format_time(job.accepted),
+            escape(job.error or ""),
+        )
+    return table
 
 
 def answer_tag(answer: Completion) -> str:

@@ -1,7 +1,8 @@
 """The app factory: ``create_app(settings)`` wraps a ``Learner`` in FastAPI.
 
 The app adds HTTP and nothing else: routes translate requests into ``Learner``
-calls (:mod:`claas_server.openai_api`, :mod:`claas_server.learning_api`), errors
+calls (:mod:`claas_server.openai_api`, :mod:`claas_server.jobs_api`,
+:mod:`claas_server.learning_api`), errors
 become responses in one place (:mod:`claas_server.errors`), and keys are checked
 by :mod:`claas_server.auth`.
 """
@@ -17,7 +18,7 @@ from fastapi.responses import PlainTextResponse
 
 import claas
 from claas import Learner, Settings
-from claas_server import dashboard, learning_api, openai_api
+from claas_server import dashboard, jobs_api, learning_api, openai_api
 from claas_server.auth import KeyRing
 from claas_server.deps import Caller, ServerState, State
 from claas_server.errors import ERROR_RESPONSES, install_error_handlers
@@ -32,7 +33,10 @@ Continual learning as a service: chat with a LoRA adapter through the OpenAI API
 send text feedback on an answer, and the next answer comes from the updated adapter.
 
 * `model` is an adapter id `namespace/name`, or the base model (its name or `base`).
-* The chat completion `id` is what `POST /v1/feedback` refers to.
+* The chat completion `id` is what `POST /v1/feedback` refers to. Feedback is recorded
+  as a job at once; by default the call returns once the new version serves, and with
+  `"wait": false` it answers 202 with the job to poll at `GET /v1/feedback/{job_id}`.
+  A full queue is a 429 with `Retry-After`.
 * With API keys configured, send `Authorization: Bearer <key>`; a key only sees the
   adapters of its namespaces. `/health` needs no key.
 * Errors are `{"error": {"type", "message", "param", "code"}}`.
@@ -63,6 +67,7 @@ def create_app(settings: Settings | None = None, *, learner: Learner | None = No
         stream_executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="claas-stream"),
         owns_learner=owns,
     )
+    core.add_job_listener(state.metrics.observe_job)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,6 +85,7 @@ def create_app(settings: Settings | None = None, *, learner: Learner | None = No
     app.state.claas = state
     install_error_handlers(app)
     app.include_router(openai_api.router)
+    app.include_router(jobs_api.router)
     app.include_router(learning_api.router)
     app.include_router(_ops_router())
     app.include_router(dashboard.router)
@@ -107,10 +113,14 @@ def _ops_router() -> APIRouter:
         summary="Prometheus metrics",
     )
     def metrics(state: State, caller: Caller) -> PlainTextResponse:
-        """Requests, feedback steps, step latency histogram, queue depth, record counts."""
-        # Record counts span every tenant: only a key bound to all namespaces reads them.
-        counts = state.learner.record_counts if caller.namespaces is None else None
-        gauges = LearnerGauges(queue_depth=state.learner.queue_depth, record_counts=counts)
+        """Requests, feedback steps and jobs, latency histograms, queue depth, record counts."""
+        # Record and job counts span every tenant: only a key bound to all namespaces reads them.
+        admin = caller.namespaces is None
+        gauges = LearnerGauges(
+            queue_depth=state.learner.queue_depth,
+            record_counts=state.learner.record_counts if admin else None,
+            job_counts=state.learner.job_counts if admin else None,
+        )
         return PlainTextResponse(state.metrics.render(gauges), media_type=CONTENT_TYPE)
 
     return router

@@ -1,4 +1,4 @@
-"""The dashboard at ``/dashboard``: adapters, versions and lineage, feedback, learning charts.
+"""The dashboard at ``/dashboard``: adapters, versions and lineage, feedback jobs, learning charts.
 
 Plain server-rendered HTML with inline SVG charts and no JavaScript.
 
@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from claas import AdapterVersion
 from claas.errors import ClaasError
+from claas.jobs.model import FeedbackJob
 from claas.records import FeedbackEvent
 from claas_server.auth import COOKIE, Principal, bearer_token
 from claas_server.dashboard_html import (
@@ -38,6 +39,7 @@ from claas_server.dashboard_html import (
 )
 from claas_server.deps import ServerState, get_state, store_relative
 from claas_server.errors import Unauthorized, describe
+from claas_server.jobs_api import public_error
 
 __all__ = ["router"]
 
@@ -168,6 +170,41 @@ def _visible_events(state: ServerState, caller: Principal, limit: int) -> list[F
     return state.learner.feedback_events(namespaces=caller.namespaces, limit=limit)
 
 
+_JOB_HEADERS = ("state", "update", "items", "attempts", "wait s", "total s", "error")
+
+
+def _job_rows(jobs: Sequence[FeedbackJob], *, with_adapter: bool) -> list[list[str]]:
+    """One row per job: when it was accepted, its state, the version it made, why it failed."""
+    rows = []
+    for job in jobs:
+        step = f"v{job.parent_version} → v{job.version}" if job.version is not None else ""
+        cells = [td(job.id), td(when(job.accepted), cls="time")]
+        if with_adapter:
+            link = f'<a href="{esc(adapter_href(job.adapter_id))}">{esc(job.adapter_id)}</a>'
+            cells.append(td(link, raw=True))
+        cells += [
+            td(job.status, cls=f"status-{job.status}"),
+            td(step),
+            td(len(job.feedback_ids), numeric=True),
+            td(job.attempts, numeric=True),
+            td(number(job.timings.get("queue_seconds"), 3), numeric=True),
+            td(number(job.timings.get("total_seconds"), 3), numeric=True),
+            td(public_error(job) or ""),
+        ]
+        rows.append(cells)
+    return rows
+
+
+def _queue_numbers(state: ServerState) -> dict[str, Any]:
+    """Jobs per state across every tenant (shown to a key bound to all namespaces only)."""
+    counts = state.learner.job_counts()
+    return {
+        "updates queued": counts.get("queued", 0),
+        "updates running": counts.get("running", 0),
+        "jobs failed": counts.get("failed", 0) + counts.get("rejected", 0),
+    }
+
+
 def _overview(state: ServerState, caller: Principal) -> str:
     rows = _adapter_rows(state, caller)
     events = _visible_events(state, caller, 50)
@@ -178,7 +215,13 @@ def _overview(state: ServerState, caller: Principal) -> str:
         "failed": sum(e.status == "failed" for e in events),
     }
     if caller.namespaces is None:
-        numbers["updates queued"] = state.learner.queue_depth()
+        numbers.update(_queue_numbers(state))
+    jobs = table(
+        "jobs",
+        ("job", "accepted (UTC)", "adapter", *_JOB_HEADERS),
+        _job_rows(state.learner.jobs(namespaces=caller.namespaces, limit=20), with_adapter=True),
+        empty="No feedback jobs yet.",
+    )
     adapters = table(
         "adapters",
         ("adapter", "live", "versions", "base model", "updated (UTC)", "last loss", "loss trend"),
@@ -194,6 +237,7 @@ def _overview(state: ServerState, caller: Principal) -> str:
     body = (
         f"<section><h2>Overview</h2>{stats(numbers)}</section>"
         f"<section><h2>Adapters</h2>{adapters}</section>"
+        f"<section><h2>Feedback jobs</h2>{jobs}</section>"
         f"<section><h2>Recent feedback</h2>{feedback}</section>"
     )
     return page("CLaaS dashboard", body, who=_who(caller))
@@ -233,6 +277,7 @@ def _adapter_page(state: ServerState, caller: Principal, adapter_id: str) -> str
     live = summary.live
     versions = state.learner.versions(adapter_id)
     events = state.learner.feedback_events(adapter_id, limit=100)
+    jobs = state.learner.jobs(adapter_id, limit=20)
     rollbacks = state.learner.rollbacks(adapter_id, limit=20)
     trained = [v for v in versions if v.parent is not None]
     loss_points = [
@@ -292,6 +337,13 @@ def _adapter_page(state: ServerState, caller: Principal, adapter_id: str) -> str
         )
         + f"<h2 style='margin-top:12px'>Lineage</h2>{_lineage(versions, live.version)}"
         + (f"<h2>Rollbacks</h2><ul>{rollback_items}</ul>" if rollback_items else "")
+        + "</section><section><h2>Feedback jobs</h2>"
+        + table(
+            "jobs",
+            ("job", "accepted (UTC)", *_JOB_HEADERS),
+            _job_rows(jobs, with_adapter=False),
+            empty="No feedback jobs yet.",
+        )
         + "</section><section><h2>Feedback</h2>"
         + table(
             "feedback",

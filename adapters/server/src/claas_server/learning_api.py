@@ -1,4 +1,6 @@
-"""The learning routes: feedback, adapter lifecycle, scoring.
+"""The learning routes: adapter lifecycle and scoring.
+
+Feedback, which becomes a durable job, has its own module: :mod:`claas_server.jobs_api`.
 
 Each route checks the caller's namespaces, then makes exactly one ``Learner``
 call, which validates everything before it changes anything. Routes are plain
@@ -9,19 +11,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from claas import AdapterSummary, AdapterVersion, CompletionFeedback, Feedback, RawFeedback
-from claas.errors import TrainingError
+from claas import AdapterSummary, AdapterVersion
 from claas.types import DEFAULT_TARGET_MODULES
-from claas_server.auth import Principal
 from claas_server.deps import (
     Caller,
     ServerState,
@@ -37,10 +36,6 @@ from claas_server.schemas import (
     AdapterList,
     AdapterVersionInfo,
     DeletedAdapter,
-    FeedbackEventInfo,
-    FeedbackEventList,
-    FeedbackRequest,
-    FeedbackResponse,
     RollbackInfo,
     RollbackRequest,
     ScoreRequest,
@@ -51,33 +46,6 @@ from claas_server.schemas import (
 __all__ = ["router"]
 
 router = APIRouter(responses=ERROR_RESPONSES)
-
-_FEEDBACK_EXAMPLES = {
-    "by_completion": {
-        "summary": "Feedback on a served completion",
-        "value": {"completion_id": "chatcmpl-0123abcd", "feedback": "Too long; one sentence."},
-    },
-    "raw": {
-        "summary": "Feedback on a response CLaaS did not serve",
-        "value": {
-            "adapter_id": "alice/assistant",
-            "messages": [{"role": "user", "content": "Why is the sky blue?"}],
-            "response": "Rayleigh scattering of sunlight by the air's molecules...",
-            "feedback": "Explain it to a child.",
-        },
-    },
-    "batch": {
-        "summary": "Several items in one update, with config overrides",
-        "value": {
-            "adapter_id": "alice/assistant",
-            "items": [
-                {"completion_id": "chatcmpl-0123abcd", "feedback": "Shorter."},
-                {"completion_id": "chatcmpl-4567ef01", "feedback": "No emojis."},
-            ],
-            "config": {"learning_rate": 1e-4, "steps": 2},
-        },
-    },
-}
 
 
 def _adapter_id(namespace: str, name: str) -> str:
@@ -97,92 +65,6 @@ def _version_info(version: AdapterVersion, live: int) -> AdapterVersionInfo:
         metrics=finite(version.metrics),
         engine=version.engine,
         live=version.version == live,
-    )
-
-
-# ----------------------------------------------------------------------- feedback
-
-
-def _core_items(request: FeedbackRequest, state: ServerState, caller: Principal) -> list[Feedback]:
-    """Build the core's items, checking the caller may use every adapter involved."""
-    items: list[Feedback] = []
-    for item in request.all_items():
-        if item.completion_id is not None:
-            served_by = state.learner.get_completion(item.completion_id).adapter_id
-            if served_by is not None:
-                caller.require(served_by)
-        if item.completion_id is not None:
-            items.append(CompletionFeedback(completion_id=item.completion_id, text=item.feedback))
-        else:
-            messages = [m.to_core() for m in item.messages or ()]
-            response = item.response or ""  # the schema requires it with messages
-            items.append(RawFeedback(messages=messages, response=response, text=item.feedback))
-    return items
-
-
-@router.post(
-    "/v1/feedback",
-    response_model=FeedbackResponse,
-    tags=["learning"],
-    summary="Learn from text feedback; returns once the new version serves",
-)
-def feedback(
-    request: Annotated[FeedbackRequest, Body(openapi_examples=_FEEDBACK_EXAMPLES)],
-    state: State,
-    caller: Caller,
-) -> FeedbackResponse:
-    """Turn feedback into one SDPO update of the adapter and publish it as a new version.
-
-    The adapter is ``adapter_id`` or, by default, the one that served the
-    completion. All items of one call must target one adapter. The response
-    arrives once the next chat is served by the new version.
-    """
-    if request.adapter_id is not None:
-        caller.require(request.adapter_id)
-    items = _core_items(request, state, caller)
-    config = request.config.model_dump(exclude_none=True) if request.config else None
-    started = time.perf_counter()
-    try:
-        result = state.learner.feedback_batch(items, adapter_id=request.adapter_id, config=config)
-    except TrainingError:
-        state.metrics.observe_feedback("failed", seconds=time.perf_counter() - started)
-        raise
-    state.metrics.observe_feedback(
-        "applied", items=len(items), seconds=result.timings.get("total_seconds")
-    )
-    return FeedbackResponse(
-        adapter_id=result.adapter_id,
-        version=result.version,
-        parent_version=result.parent_version,
-        feedback_ids=list(result.feedback_ids),
-        metrics=finite(result.metrics),
-        timings=finite(result.timings),
-    )
-
-
-@router.get(
-    "/v1/feedback",
-    response_model=FeedbackEventList,
-    tags=["learning"],
-    summary="Recent feedback events",
-)
-def feedback_events(
-    state: State,
-    caller: Caller,
-    adapter_id: Annotated[str | None, Query(max_length=256)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> FeedbackEventList:
-    """Feedback events, newest first, of one adapter or of every adapter the key may see."""
-    if adapter_id is not None:
-        caller.require(adapter_id)
-    events = state.learner.feedback_events(adapter_id, namespaces=caller.namespaces, limit=limit)
-    return FeedbackEventList(
-        data=[
-            FeedbackEventInfo(
-                **{**e.to_dict(), "metrics": finite(e.metrics), "timings": finite(e.timings)}
-            )
-            for e in events
-        ]
     )
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import attrs
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from claas.jobs.model import JobStatus
 from claas.types import DistillConfig, LoraSpec, Role
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "FeedbackRequest",
     "FeedbackResponse",
     "Health",
+    "JobInfo",
+    "JobList",
     "ModelInfo",
     "ModelList",
     "RollbackRequest",
@@ -416,6 +419,11 @@ class FeedbackRequest(_Request):
         description="The adapter to update; defaults to the one that served the completion.",
     )
     config: DistillOverrides | None = None
+    wait: bool = Field(
+        default=True,
+        description="Answer once the new version serves (200); false answers at once "
+        "with the queued job (202), to poll at `GET /v1/feedback/{job_id}`.",
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> FeedbackRequest:
@@ -446,12 +454,45 @@ class FeedbackResponse(_Response):
     """The update is published and the next chat uses ``version``."""
 
     object: Literal["feedback.result"] = "feedback.result"
+    job_id: str = Field(description="The job that applied it (`GET /v1/feedback/{job_id}`).")
     adapter_id: str
     version: int
     parent_version: int
     feedback_ids: list[str]
     metrics: dict[str, float | None]
     timings: dict[str, float | None] = Field(description="Seconds per phase.")
+
+
+class JobInfo(_Response):
+    """A feedback job (``claas.jobs.FeedbackJob``): accepted at once, applied by a worker.
+
+    ``status`` moves from ``queued`` to ``running`` and ends ``applied`` (with
+    ``version``), ``failed``, ``rejected`` (the guard kept the candidate from going
+    live) or ``cancelled``. Non-finite metrics and timings are ``null``.
+    """
+
+    id: str = Field(description="`job-...`")
+    object: Literal["feedback.job"] = "feedback.job"
+    adapter_id: str
+    status: JobStatus
+    done: bool = Field(description="Whether `status` is final.")
+    accepted: float = Field(description="Unix time it was accepted.")
+    feedback_ids: list[str] = Field(description="Its feedback events, one per item.")
+    idempotency_key: str | None
+    started: float | None = Field(description="When a worker began it (the last attempt).")
+    finished: float | None = Field(description="When it reached a final status.")
+    version: int | None = Field(description="The version it published (`applied` only).")
+    parent_version: int | None
+    metrics: dict[str, float | None]
+    timings: dict[str, float | None] = Field(description="Seconds per phase.")
+    error: str | None = Field(description="Why it failed, was rejected or cancelled.")
+    error_code: str | None = Field(description="The error class, e.g. non_finite_update.")
+    attempts: int = Field(description="Times a worker started it (more than one after a crash).")
+
+
+class JobList(_Response):
+    object: Literal["list"] = "list"
+    data: list[JobInfo] = Field(description="Newest first.")
 
 
 class FeedbackEventInfo(_Response):
