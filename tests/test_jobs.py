@@ -7,6 +7,8 @@ variant of the concurrency test runs the bundled model (``slow``).
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -18,6 +20,7 @@ from jobs_support import (
     CountingTrainer,
     Q,
     assert_applied_once,
+    assert_store_complete,
     jobs_learner,
     version_feedback,
     wait_until,
@@ -34,6 +37,7 @@ from claas import (
     Settings,
 )
 from claas.jobs.model import JOB_STATUSES, FeedbackJob
+from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
 
 ADAPTERS = ("t/a", "t/b", "t/c", "t/d")
 
@@ -360,9 +364,6 @@ def test_jobs_filter_by_adapter_status_and_namespace(tmp_path: Path) -> None:
 
 def test_queued_jobs_of_one_adapter_coalesce_into_one_version(tmp_path: Path) -> None:
     """max_coalesce=3: jobs waiting behind a running one become one update, one version."""
-    from claas import Learner, Settings
-    from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
-
     settings = Settings(data_dir=tmp_path / "data").evolve(jobs={"max_coalesce": 3})
     engine = FakeTrainer(delay=0.5)
     with Learner(
@@ -379,3 +380,57 @@ def test_queued_jobs_of_one_adapter_coalesce_into_one_version(tmp_path: Path) ->
     assert [job.version for job in done] == [1, 2, 2, 2, 3]  # three coalesced, then the last
     assert len(engine.calls) == 3 and len(engine.calls[1]["batch"]) == 3
     assert len({job.version for job in done}) == 3
+
+
+_TWO_PROCESS_SCRIPT = """
+import sys, time
+from pathlib import Path
+from claas import Learner, Settings
+from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
+
+data_dir, tag = Path(sys.argv[1]), sys.argv[2]
+learner = Learner(Settings(data_dir=data_dir), inference=FakeInference(),
+                  engine=FakeTrainer(delay=0.05), tokenizer=FakeTokenizer())
+jobs = []
+for i in range(6):
+    adapter = "t/one" if i % 2 else "t/two"
+    answer = learner.chat(adapter, [{"role": "user", "content": f"{tag} {i}"}])
+    jobs.append(learner.submit_feedback(answer.id, f"{tag} feedback {i}"))
+for job in jobs:
+    assert learner.wait(job.id, timeout=120).status == "applied", learner.job(job.id)
+learner.close()
+print("ok")
+"""
+
+
+def test_two_processes_share_one_sqlite_queue_and_apply_each_job_once(tmp_path: Path) -> None:
+    """Two learners in two processes on one data dir: one queue, one update at a time."""
+    data_dir = tmp_path / "data"
+    with Learner(Settings(data_dir=data_dir), inference=FakeInference(), engine=FakeTrainer(),
+                 tokenizer=FakeTokenizer()) as setup:  # fmt: skip
+        setup.init_adapter("t/one")
+        setup.init_adapter("t/two")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _TWO_PROCESS_SCRIPT, str(data_dir), tag],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tag in ("a", "b")
+    ]
+    try:
+        outputs = [proc.communicate(timeout=180) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [out.strip() for out, _ in outputs] == ["ok", "ok"], outputs
+    with Learner(Settings(data_dir=data_dir), inference=FakeInference(), engine=FakeTrainer(),
+                 tokenizer=FakeTokenizer()) as check:  # fmt: skip
+        jobs = check.jobs(limit=100)
+        assert len(jobs) == 12 and {j.status for j in jobs} == {"applied"}
+        assert_applied_once(check, jobs)
+        for adapter in ("t/one", "t/two"):
+            mine = sorted((j for j in jobs if j.adapter_id == adapter), key=lambda j: j.accepted)
+            assert [j.version for j in mine] == list(range(1, 7))  # acceptance order
+            assert_store_complete(check, adapter)
