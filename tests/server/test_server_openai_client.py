@@ -161,15 +161,20 @@ def _loop(client: openai.OpenAI) -> None:
     assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
 
     # The local backend cannot score a remote teacher: a clear 400 that records nothing.
-    refused = client.post(
-        "/feedback",
-        body={"completion_id": answer.id, "feedback": "Shorter.", "config": {"teacher": "remote"}},
-        cast_to=httpx.Response,
-    )
-    assert refused.status_code == 400, refused.text
-    message = refused.json()["error"]["message"]
-    assert "TeacherScorer" in message and "'local'" in message
-    events = client.get("/feedback", cast_to=httpx.Response).json()["data"]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.post(
+            "/feedback",
+            body={
+                "completion_id": answer.id,
+                "feedback": "Shorter.",
+                "config": {"teacher": "remote"},
+            },
+            cast_to=httpx.Response,
+        )
+    assert refused.value.status_code == 400
+    message = refused.value.message
+    assert "TeacherScorer" in message and "'local'" in message, message
+    events = client.get("/feedback/events", cast_to=httpx.Response).json()["data"]
     assert events == []
 
     result = _feedback(
