@@ -65,8 +65,17 @@ def test_sigkill_during_updates_leaves_complete_versions(settings: Settings) -> 
             process.wait()
 
     with Learner(settings) as learner:
+        # The job a kill interrupted recovers on its own: re-queued and applied once.
+        for job in learner.jobs("crash/test", limit=1000):
+            assert learner.wait(job.id, timeout=300).status == "applied", job
+        jobs = learner.jobs("crash/test", limit=1000)
         versions = learner.versions("crash/test")
         assert len(versions) >= 3
+        learned = [f for v in versions for f in v.feedback_ids]
+        assert len(learned) == len(set(learned))  # no feedback trained twice
+        for job in jobs:
+            (made,) = [v for v in versions if set(job.feedback_ids) & set(v.feedback_ids)]
+            assert made.version == job.version
         for version in versions:
             path = Path(version.path)
             manifest = json.loads((path / "manifest.json").read_text())
