@@ -98,40 +98,55 @@ def vllm_for(options: Any, selected: Sequence[str]) -> Iterator[VLLM]:
 
 
 @contextlib.contextmanager
-def claas_server(vllm_url: str, data_dir: Path, models_dir: str | None) -> Iterator[str]:
-    """The CLaaS API (uvicorn, loopback) in front of ``vllm_url``; yields its base URL."""
+def claas_server(
+    data_dir: Path,
+    models_dir: str | None,
+    *,
+    env: dict[str, str] | None = None,
+    threads: int | None = None,
+    ready_timeout: float = READY_TIMEOUT_S,
+) -> Iterator[str]:
+    """The CLaaS API (``claas_server.serve``, loopback) in a subprocess; yields its base URL.
+
+    Args:
+        data_dir: Its data directory (the server log is written there).
+        models_dir: A converted-model cache to share, if any.
+        env: More ``CLAAS_*`` variables (e.g. the vLLM backend and its URL).
+        threads: Torch threads of the server process (``_measure.set_threads``).
+        ready_timeout: Seconds to wait for ``/health``.
+    """
     import httpx
 
     port = free_port()
-    env = {
-        **os.environ,
-        "CLAAS_DATA_DIR": str(data_dir),
-        "CLAAS_INFERENCE_BACKEND": "vllm",
-        "CLAAS_VLLM_URL": vllm_url,
-    }
+    child = {**os.environ, "CLAAS_DATA_DIR": str(data_dir), **(env or {})}
     if models_dir:
-        env["CLAAS_MODEL_CACHE_DIR"] = models_dir
-    code = f"from claas_server.serve import serve; serve(port={port}, log_level='warning')"
+        child["CLAAS_MODEL_CACHE_DIR"] = models_dir
+    prelude = ""
+    if threads is not None:
+        prelude = f"import _measure; _measure.set_threads({threads!r}); "
+        here = str(Path(__file__).parent)
+        child["PYTHONPATH"] = os.pathsep.join(filter(None, [here, child.get("PYTHONPATH", "")]))
+    code = f"{prelude}from claas_server.serve import serve; serve(port={port}, log_level='warning')"
     log = (data_dir / "server.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-c", code],
-        env=env,
+        env=child,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        started = time.monotonic()
+        deadline = time.monotonic() + ready_timeout
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"the CLaaS server exited with {process.returncode}")
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
                     break
-            if time.monotonic() - started > READY_TIMEOUT_S:
+            if time.monotonic() > deadline:
                 raise RuntimeError("the CLaaS server did not get ready")
-            time.sleep(0.5)
+            time.sleep(0.2)
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -44,7 +44,11 @@ def run(options: Any) -> list[m.Row]:
     data = Path(tempfile.mkdtemp(prefix="claas-bench-proxy-"))
     try:
         with (
-            claas_server(vllm.url, data, options.models_dir) as url,
+            claas_server(
+                data,
+                options.models_dir,
+                env={"CLAAS_INFERENCE_BACKEND": "vllm", "CLAAS_VLLM_URL": vllm.url},
+            ) as url,
             httpx.Client(timeout=300) as client,
         ):
             targets = {"direct": (vllm.url, vllm.served_name), "proxied": (url, vllm.served_name)}

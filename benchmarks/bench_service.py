@@ -15,22 +15,17 @@ applied (its own record) is reported for that load.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import _measure as m
-from _servers import free_port
+from _servers import claas_server
 
 __all__ = ["run"]
 
@@ -39,52 +34,6 @@ ADAPTERS = tuple(f"bench/service-{i}" for i in range(4))
 QUESTION = [{"role": "user", "content": "Explain briefly why the sky is blue."}]
 FEEDBACK = "Too long. Answer in one short sentence."
 CHAT_TOKENS = 32
-READY_TIMEOUT_S = 300.0
-
-
-@contextlib.contextmanager
-def _server(data_dir: Path, threads: int | None, models_dir: str | None) -> Iterator[str]:
-    """The CLaaS API with the embedded model on loopback in a subprocess; yields its URL."""
-    import httpx
-
-    port = free_port()
-    env = {**os.environ, "CLAAS_DATA_DIR": str(data_dir)}
-    if models_dir:
-        env["CLAAS_MODEL_CACHE_DIR"] = models_dir
-    code = (
-        f"import _measure; _measure.set_threads({threads!r}); "
-        f"from claas_server.serve import serve; serve(port={port}, log_level='warning')"
-    )
-    extra = env.get("PYTHONPATH", "")
-    log = (data_dir / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-c", code],
-        env={**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPT.parent), extra]))},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the CLaaS server exited with {process.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the CLaaS server did not get ready")
-            time.sleep(0.2)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -165,7 +114,7 @@ def measure_service(
     """Child: start a server, then the rounds and the burst (see the module docstring)."""
     tmp = Path(tempfile.mkdtemp(prefix="claas-bench-service-"))
     try:
-        with _server(tmp, threads, models_dir) as url:
+        with claas_server(tmp, models_dir, threads=threads) as url:
             bench = _Bench(url)
             bench.setup()
             series = m.interleave(rounds, {"alone": bench.alone, "together": bench.together})

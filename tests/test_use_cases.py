@@ -11,16 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import loopback
 import pytest
 
 pytest.importorskip("claas_server")
-import uvicorn
 
 from claas import (
     AdapterExists,
@@ -62,24 +61,9 @@ def _fake(data_dir: Path) -> Learner:
     )
 
 
-@contextlib.contextmanager
-def serving(learner: Learner) -> Iterator[str]:
-    """Serve ``learner`` with uvicorn on a free loopback port in a thread; yield its URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(learner=learner), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+def serving(learner: Learner) -> contextlib.AbstractContextManager[str]:
+    """Serve ``learner`` (the real server app) on loopback; the context yields its URL."""
+    return loopback.serving(create_app(learner=learner))
 
 
 @pytest.fixture
@@ -108,8 +92,7 @@ def bot(claas: LearnerLike) -> LearnerLike:
 
 
 def test_both_are_learner_like(fake: Learner, tmp_path: Path) -> None:
-    typed: LearnerLike = fake  # mypy checks that Learner satisfies the protocol
-    assert isinstance(typed, LearnerLike)
+    assert isinstance(fake, LearnerLike)  # signatures: claas.learner_like, checked by mypy
     with Client("http://127.0.0.1:9") as client:
         assert isinstance(client, LearnerLike)
 

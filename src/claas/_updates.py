@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+from claas._adapter_locks import AdapterLocks
 from claas._components import Components
 from claas._scratch import move_contents, update_workdir
-from claas._turns import AdapterTurns
 from claas.config import Settings
 from claas.errors import (
     AdapterNotFound,
@@ -55,13 +55,13 @@ class Updates:
         store: AdapterStore,
         records: RecordsBackend,
         parts: Components,
-        turns: AdapterTurns,
+        locks: AdapterLocks,
     ) -> None:
         self._settings = settings
         self._store = store
         self._records = records
         self._parts = parts
-        self._turns = turns
+        self._locks = locks
         self._scratch = settings.data_dir / "tmp"
 
     def submit(
@@ -127,7 +127,7 @@ class Updates:
                     metrics=dict(published.metrics),
                     error="recovered after a crash: the version was already published",
                 )
-            with self._turns.turn(adapter_id, lambda: None):
+            with self._locks.hold(adapter_id):
                 result, note = self._apply_jobs(jobs, feedback_ids)
         except Exception as exc:  # recorded on the job; the waiter re-raises its class
             return self._records.finish_jobs(

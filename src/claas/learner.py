@@ -1,12 +1,12 @@
 """The Learner: CLaaS's use cases as plain Python calls.
 
 ``chat`` serves the adapter's live version and records the exact tokens;
-``feedback`` turns text feedback on a served completion into an SDPO update,
-publishes the result as a new immutable version and returns only once the
-next ``chat`` will use it (read-your-writes). Updates to one adapter apply one
-at a time in the order they were accepted (:mod:`claas._turns`); other adapters
-are not held up. The adapter store and the records are the learner's own:
-adapters (server, CLI) ask the learner, never them.
+``submit_feedback`` records text feedback on a served completion as a durable
+job (:mod:`claas.jobs`) that a worker turns into an SDPO update, published as a
+new immutable version; ``feedback`` waits until the next ``chat`` will use it
+(read-your-writes). Updates to one adapter apply one at a time in the order
+they were accepted; other adapters are not held up. The adapter store and the
+records are the learner's own: adapters (server, CLI) ask the learner, never them.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from claas._adapter_locks import AdapterLocks
 from claas._chat import completion_of
 from claas._components import Components
 from claas._legacy import replay_events
 from claas._scratch import sweep_scratch
-from claas._turns import AdapterTurns
 from claas._updates import Updates
 from claas.config import Settings
 from claas.errors import InvalidRequest, NotFound
@@ -92,13 +92,13 @@ class Learner:
         self._parts = Components(
             self.settings, inference=inference, engine=engine, tokenizer=tokenizer
         )
-        self._turns = AdapterTurns()
+        self._locks = AdapterLocks()
         self._updates = Updates(
             self.settings,
             store=self._store,
             records=self._records,
             parts=self._parts,
-            turns=self._turns,
+            locks=self._locks,
         )
         self._started = time.time()
         self._scratch = self.settings.data_dir / "tmp"
@@ -209,7 +209,7 @@ class Learner:
         """
         validate_adapter_id(adapter_id)
         self._jobs.wait_for_adapter(adapter_id)
-        with self._turns.turn(adapter_id, lambda: None):
+        with self._locks.hold(adapter_id):
             previous = self._store.latest_version(adapter_id)
             target = self._store.rollback(adapter_id, version)
             self._records.record_rollback(adapter_id, previous, target.version)
@@ -239,7 +239,7 @@ class Learner:
         """
         validate_adapter_id(adapter_id)
         self._records.cancel_adapter_jobs(adapter_id, "the adapter was deleted")
-        with self._turns.turn(adapter_id, lambda: None):
+        with self._locks.hold(adapter_id):
             doomed = self._store.versions(adapter_id)
             self._store.delete(adapter_id)
             self._records.delete_adapter(adapter_id)

@@ -32,7 +32,9 @@ from claas.types import (
 )
 
 if TYPE_CHECKING:
+    from claas.client import Client
     from claas.jobs.model import FeedbackJob, JobStatus
+    from claas.learner import Learner
     from claas.records import FeedbackEvent
     from claas.results import ChatStream, Score
 
@@ -205,3 +207,9 @@ class LearnerLike(Protocol):
     def __enter__(self) -> LearnerLike: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+if TYPE_CHECKING:  # mypy proves both implementations satisfy the protocol, signatures included
+
+    def _both_are_learner_like(learner: Learner, client: Client) -> tuple[LearnerLike, ...]:
+        return learner, client

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import loopback
 import pytest
-import uvicorn
 
 from claas import (
     AdapterNotFound,
@@ -37,21 +35,10 @@ KEY = "team-key-0123"
 def _serve(settings: Settings) -> Iterator[str]:
     """Run the server app for ``settings`` on a free loopback port; yield its URL."""
     learner = Learner(settings)
-    server = uvicorn.Server(uvicorn.Config(create_app(learner=learner), log_level="warning"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with loopback.serving(create_app(learner=learner)) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
         learner.close()
 
 

@@ -4,10 +4,9 @@ test folder has a conftest)."""
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
 from collections.abc import Iterator, Sequence
+
+import loopback
 
 from claas import Learner
 from claas.types import AdapterVersion, ChatMessage
@@ -29,23 +28,8 @@ def shrinking_responder(messages: Sequence[ChatMessage], adapter: AdapterVersion
 
 @contextlib.contextmanager
 def serving(learner: Learner) -> Iterator[str]:
-    """Serve ``learner`` (the real server app) with uvicorn on loopback; yield its URL."""
-    import uvicorn
-
+    """Serve ``learner`` (the real server app) on loopback; yield its URL."""
     from claas_server import create_app
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(learner=learner), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with loopback.serving(create_app(learner=learner)) as url:
+        yield url

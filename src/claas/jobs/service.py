@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from claas.config import Settings
-from claas.errors import ClaasError, Conflict, error_for_code
+from claas.errors import Conflict, error_for_code
 from claas.jobs.model import FeedbackJob
 from claas.jobs.worker import JobWorker
 from claas.records.base import RecordsBackend
@@ -53,6 +53,7 @@ class JobService:
             max_coalesce=settings.jobs.max_coalesce,
         )
         self._started = False
+        self._max_pending = settings.jobs.max_queued_per_adapter + settings.jobs.max_coalesce
 
     def start(self) -> None:
         """Start the worker (recovering interrupted jobs first); idempotent."""
@@ -92,19 +93,15 @@ class JobService:
 
     def wait_for_adapter(self, adapter_id: str) -> None:
         """Wait until every job of ``adapter_id`` accepted so far is final."""
+        bound = self._max_pending  # queued ones are capped by the limit, running by coalescing
         for status in ("running", "queued"):
-            for job in self._records.jobs(adapter_id, status=status, limit=100_000):
+            for job in self._records.jobs(adapter_id, status=status, limit=bound):
                 self.wait(job.id)
 
     def depth(self, adapter_id: str | None = None) -> int:
         """Jobs queued or running, of one adapter or of all."""
-        if adapter_id is None:
-            counts = self._records.job_counts()
-            return counts["queued"] + counts["running"]
-        return sum(
-            len(self._records.jobs(adapter_id, status=status, limit=100_000))
-            for status in ("queued", "running")
-        )
+        counts = self._records.job_counts(adapter_id)
+        return counts["queued"] + counts["running"]
 
     def cancel(self, job_id: str) -> FeedbackJob:
         """Cancel a queued job (``Conflict`` if it is running or final)."""
@@ -137,8 +134,7 @@ def raise_for(job: FeedbackJob) -> None:
         return
     if job.status == "cancelled":
         raise Conflict(f"job {job.id} was cancelled: {job.error}")
-    error = error_for_code(job.error_code, job.error or f"job {job.id} {job.status}")
-    raise error if isinstance(error, ClaasError) else ClaasError(str(error))
+    raise error_for_code(job.error_code, job.error or f"job {job.id} {job.status}")
 
 
 def result_of(job: FeedbackJob) -> FeedbackResult:

@@ -152,10 +152,13 @@ class SQLiteJobRows:
             ).fetchall()
         return [_job(row) for row in rows]
 
-    def job_counts(self) -> dict[str, int]:
-        """Jobs per status, every status present."""
+    def job_counts(self, adapter_id: str | None = None) -> dict[str, int]:
+        """Jobs per status (of one adapter, or of all), every status present."""
+        where, args = ("WHERE adapter_id = ?", (adapter_id,)) if adapter_id else ("", ())
         with self._tx() as conn:
-            found = dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"))
+            found = dict(
+                conn.execute(f"SELECT status, COUNT(*) FROM jobs {where} GROUP BY status", args)
+            )
         return {status: int(found.get(status, 0)) for status in JOB_STATUSES}
 
     def claim_jobs(
@@ -299,16 +302,26 @@ class SQLiteJobRows:
 
     def cancel_adapter_jobs(self, adapter_id: str, reason: str) -> list[str]:
         """Cancel every queued job of an adapter (it was deleted); return their ids."""
+        now = time.time()
         with self._tx(write=True) as conn:
             ids = [
-                r["id"]
-                for r in conn.execute(
+                row["id"]
+                for row in conn.execute(
                     "SELECT id FROM jobs WHERE adapter_id = ? AND status = 'queued'", (adapter_id,)
                 )
             ]
-        for job_id in ids:
-            with contextlib.suppress(Conflict):  # claimed meanwhile: it fails on its own
-                self.cancel_job(job_id, reason=reason)
+            marks = ", ".join("?" * len(ids))
+            if ids:
+                conn.execute(
+                    "UPDATE jobs SET status = 'cancelled', error = ?, finished = ? "
+                    f"WHERE id IN ({marks})",
+                    (reason, now, *ids),
+                )
+                conn.execute(
+                    "UPDATE feedback SET status = 'failed', error = ?, finished = ? "
+                    f"WHERE job_id IN ({marks})",
+                    (reason, now, *ids),
+                )
         return ids
 
 

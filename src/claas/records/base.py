@@ -151,8 +151,8 @@ class JobQueue(Protocol):
         """Jobs, newest first."""
         ...
 
-    def job_counts(self) -> dict[str, int]:
-        """Jobs per status."""
+    def job_counts(self, adapter_id: str | None = None) -> dict[str, int]:
+        """Jobs per status (of one adapter, or of all)."""
         ...
 
     def claim_jobs(
