@@ -33,7 +33,7 @@ from claas.inference.base import Generation, InferenceBackend
 from claas.jobs.model import FeedbackJob, JobStatus
 from claas.jobs.service import JobListener, JobService, result_of
 from claas.learner_like import MessagesLike
-from claas.records import FeedbackEvent, LineageEntry, Records, RecordsBackend, RollbackEvent
+from claas.records import FeedbackEvent, LineageEntry, RecordsBackend, RollbackEvent, open_records
 from claas.results import ChatStream, Score
 from claas.storage import AdapterStore, LocalAdapterStore, summarize
 from claas.teacher import ChatTokenizer, encode_chat
@@ -88,7 +88,7 @@ class Learner:
         self._store: AdapterStore = store or LocalAdapterStore(
             self.settings.adapters_dir, keep_versions=self.settings.keep_versions
         )
-        self._records: RecordsBackend = records or Records(self.settings.db_path)
+        self._records: RecordsBackend = records or open_records(self.settings)
         self._parts = Components(
             self.settings, inference=inference, engine=engine, tokenizer=tokenizer
         )
