@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from claas._adapter_locks import AdapterLocks
 from claas._chat import completion_of
+from claas._cluster import follow_published
 from claas._components import Components
 from claas._legacy import replay_events
 from claas._scratch import sweep_scratch
@@ -104,6 +105,7 @@ class Learner:
         self._scratch = self.settings.data_dir / "tmp"
         sweep_scratch(self._scratch)
         self._jobs = JobService(self.settings, self._records, self._updates.run)
+        follow_published(self._records, self._store, self._updates.publish_quietly)
         weakref.finalize(self, self._jobs.stop_soon)  # an unclosed learner's worker ends too
         self._jobs.start_if_pending()  # jobs interrupted by a crash recover on their own
 
