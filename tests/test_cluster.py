@@ -59,6 +59,10 @@ def _start_api(started: list[Process], env: dict[str, str], data_dir: Path) -> s
 def _start_worker(started: list[Process], env: dict[str, str], data_dir: Path) -> Process:
     worker = Process(["worker", "--concurrency", "1"], env, data_dir / f"w-{len(started)}.log")
     started.append(worker)
+    deadline = time.monotonic() + 240
+    while "applying feedback jobs" not in worker.log():  # its learner is open
+        assert worker.process.poll() is None and time.monotonic() < deadline, worker.log()
+        time.sleep(0.1)
     return worker
 
 

@@ -30,6 +30,7 @@ from claas.inference.base import TeacherScorer, TrainingWindow
 from claas.jobs._fencing import AlreadyPublished, publish_fence, published_version
 from claas.jobs.model import FeedbackJob, JobPayload, QueueLimits, check_idempotency_key
 from claas.records import NewFeedback, RecordsBackend
+from claas.records.base import DatabaseUnavailable
 from claas.storage import AdapterStore
 from claas.teacher import HINDSIGHT_TEMPLATE, DistillSample, build_sample, build_sample_from_text
 from claas.types import (
@@ -126,6 +127,8 @@ class Updates:
                 raise AlreadyPublished(published)
             with self._locks.hold(adapter_id):
                 result, note = self._apply_jobs(jobs, feedback_ids)
+        except DatabaseUnavailable:  # not the job's fault: its lease runs out and it is retried
+            raise
         except AlreadyPublished as done:
             return self._records.finish_jobs(
                 ids,

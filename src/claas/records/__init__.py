@@ -16,6 +16,7 @@ from claas.records.base import (
     JOBS_CHANNEL,
     STATUSES,
     VERSIONS_CHANNEL,
+    DatabaseUnavailable,
     FeedbackEvent,
     FeedbackStatus,
     JobQueue,
@@ -34,19 +35,20 @@ __all__ = [
     "DONE_CHANNEL",
     "FINAL_STATUSES",
     "JOBS_CHANNEL",
-    "VERSIONS_CHANNEL",
-    "Notifications",
-    "open_records",
     "SCHEMA_VERSION",
     "STATUSES",
+    "VERSIONS_CHANNEL",
+    "DatabaseUnavailable",
     "FeedbackEvent",
     "FeedbackStatus",
     "JobQueue",
     "LineageEntry",
     "NewFeedback",
+    "Notifications",
     "Records",
     "RecordsBackend",
     "RollbackEvent",
+    "open_records",
 ]
 
 
@@ -55,7 +57,7 @@ def open_records(settings: Settings) -> RecordsBackend:
 
     Raises:
         MissingDependency: ``database_url`` is set and the ``postgres`` extra is missing.
-        BackendUnavailable: The PostgreSQL database cannot be reached.
+        DatabaseUnavailable: The PostgreSQL database cannot be reached.
     """
     if settings.database_url is not None:
         from claas.records.postgres import PostgresRecords

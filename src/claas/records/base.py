@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_chec
 
 import attrs
 
+from claas.errors import BackendUnavailable
 from claas.types import AdapterVersion, Completion
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ __all__ = [
     "DONE_CHANNEL",
     "FINAL_STATUSES",
     "JOBS_CHANNEL",
+    "DatabaseUnavailable",
     "STATUSES",
     "VERSIONS_CHANNEL",
     "FeedbackEvent",
@@ -37,6 +39,15 @@ __all__ = [
 FeedbackStatus = Literal["queued", "running", "applied", "failed"]
 STATUSES: tuple[FeedbackStatus, ...] = get_args(FeedbackStatus)
 FINAL_STATUSES: tuple[FeedbackStatus, ...] = ("applied", "failed")
+
+
+class DatabaseUnavailable(BackendUnavailable):
+    """The records database cannot be reached now (HTTP 503); retrying later may work.
+
+    A job whose update meets it is not failed: it stays claimed until its lease
+    runs out, and is applied when the database is back.
+    """
+
 
 JOBS_CHANNEL = "claas_jobs"
 """Notified when a job may have become claimable (accepted, requeued, its adapter freed)."""

@@ -24,8 +24,9 @@ What PostgreSQL does differently:
   queued job is a candidate, and only while none of its jobs runs;
 - changes are announced with ``NOTIFY`` at commit (jobs accepted or freed,
   jobs finished, versions recorded), which :meth:`subscribe` delivers;
-- a database that cannot be reached raises :class:`~claas.errors.BackendUnavailable`
-  (HTTP 503); the connection pool re-connects by itself once it is back.
+- a database that cannot be reached raises
+  :class:`~claas.records.base.DatabaseUnavailable` (a ``BackendUnavailable``,
+  HTTP 503); the connection pool re-connects by itself once it is back.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
-from claas.errors import BackendUnavailable, StorageError, missing_extra
+from claas.errors import StorageError, missing_extra
 from claas.records._sql import DuplicateKey
+from claas.records.base import DatabaseUnavailable
 from claas.records.sqlite import _MIGRATIONS, _SCHEMA, SCHEMA_VERSION, Records
 
 try:
@@ -65,7 +67,7 @@ class PostgresRecords(Records):
             :class:`~claas.errors.BackendUnavailable`.
 
     Raises:
-        BackendUnavailable: If the database cannot be reached.
+        DatabaseUnavailable: If the database cannot be reached.
         StorageError: If it holds a newer schema version than this claas reads.
     """
 
@@ -87,10 +89,14 @@ class PostgresRecords(Records):
         self.busy_timeout = connect_timeout
         self._closed = False
         self._timeout = connect_timeout
+        # min_size=0 and a short reconnect_timeout: after an outage the pool opens
+        # fresh connections on demand instead of retrying stale ones with a backoff
+        # that can outlast the outage by minutes (psycopg/psycopg#1315).
         self._pool = psycopg_pool.ConnectionPool(
             url,
-            min_size=1,
+            min_size=0,
             max_size=pool_size,
+            reconnect_timeout=connect_timeout * 2,
             kwargs={"connect_timeout": max(1, round(connect_timeout))},
             check=psycopg_pool.ConnectionPool.check_connection,
             open=False,
@@ -142,7 +148,7 @@ class PostgresRecords(Records):
         except psycopg.errors.IntegrityError as exc:
             raise DuplicateKey(str(exc)) from exc
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            raise BackendUnavailable(f"records database {self!r} is unavailable: {exc}") from exc
+            raise DatabaseUnavailable(f"records database {self!r} is unavailable: {exc}") from exc
         except psycopg.Error as exc:
             raise StorageError(f"records database {self!r}: {exc}") from exc
 
