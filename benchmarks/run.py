@@ -11,7 +11,9 @@ Benchmarks: ``step`` (update step vs the matmul floor; tokens/s and peak RSS by 
 ``loss`` (chunked SDPO loss vs an unchunked float32 one, and TRL's, at T=4096,
 V=151936, K=100), ``latency`` (feedback to the first token of the new version, local
 and vLLM), ``proxy`` (chat through the CLaaS server vs straight to vLLM), ``service``
-(feedback jobs on 4 adapters of one server: at once vs one by one, submit latency).
+(feedback jobs on 4 adapters of one server: at once vs one by one, submit latency),
+``cluster`` (``claas worker`` processes on PostgreSQL: jobs/min with 1 and 2 workers,
+and what the database path adds over SQLite to a submit and a chat).
 
 Every figure is a ratio to a reference measured in the same run (see ``_measure.py``).
 The vLLM rows need a vLLM: ``--vllm-url`` of a running server that can read this
@@ -34,7 +36,7 @@ from typing import Any
 import _measure as m
 from _servers import vllm_for
 
-BENCHMARKS = ("step", "loss", "latency", "proxy", "service")
+BENCHMARKS = ("step", "loss", "latency", "proxy", "service", "cluster")
 
 
 def _ints(text: str) -> list[int]:
@@ -106,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("service")
     g.add_argument("--service-rounds", type=int, default=3, help="rounds of alone vs at once")
     g.add_argument("--service-submits", type=int, default=16, help="jobs in the wait=false burst")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--cluster-rounds", type=int, default=10, help="chat and submit rounds")
+    g.add_argument("--cluster-jobs", type=int, default=8, help="jobs per throughput burst")
     return p
 
 
@@ -120,6 +125,8 @@ QUICK = {
     "proxy_requests": 6,
     "service_rounds": 1,
     "service_submits": 8,
+    "cluster_rounds": 5,
+    "cluster_jobs": 4,
 }
 
 
@@ -151,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(selected) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}")
+    import bench_cluster
     import bench_latency
     import bench_loss
     import bench_proxy
@@ -163,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         "latency": bench_latency.run,
         "proxy": bench_proxy.run,
         "service": bench_service.run,
+        "cluster": bench_cluster.run,
     }
     machine = _machine(options)
     started = time.perf_counter()
     rows: list[m.Row] = []
-    for name in ("step", "loss", "service"):
+    for name in ("step", "loss", "service", "cluster"):
         if name in selected:
             rows += runners[name](options)
     # vLLM keeps the CPU busy even when idle: it runs only for the benchmarks that use it.

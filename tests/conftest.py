@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres_server import PostgresServer, find_bindir
 
 from claas import Learner, Settings
 from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
@@ -62,3 +63,33 @@ def fake_learner(tmp_path: Path) -> Iterator[Learner]:
     )
     yield fake
     fake.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (initdb + pg_ctl on a free loopback port)."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip(
+            "PostgreSQL is not installed here (no initdb); .ci/run installs Debian's "
+            "postgresql package so CI runs these tests"
+        )
+    server = PostgresServer(bindir)
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The records database of one test: SQLite in the data dir, or a fresh PostgreSQL one.
+
+    Returns the ``database_url`` (``None`` for SQLite) and sets ``CLAAS_DATABASE_URL``
+    to it, so settings built by helpers and subprocesses use it too.
+    """
+    if request.param == "sqlite":
+        monkeypatch.delenv("CLAAS_DATABASE_URL", raising=False)
+        return None
+    url: str = request.getfixturevalue("postgres").new_database()
+    monkeypatch.setenv("CLAAS_DATABASE_URL", url)
+    return url

@@ -81,10 +81,16 @@ class CountingTrainer(FakeTrainer):
                 self.active[adapter] -= 1
 
 
+def db_settings(data_dir: Path, **settings: Any) -> Settings:
+    """Settings on ``data_dir`` and the test's records database (``CLAAS_DATABASE_URL``)."""
+    url = os.environ.get("CLAAS_DATABASE_URL")
+    return Settings(data_dir=data_dir, database_url=url).evolve(**settings)
+
+
 def jobs_learner(data_dir: Path, engine: FakeTrainer | None = None, **settings: Any) -> Learner:
     """A learner on the fakes with its data in ``data_dir`` (``jobs={...}`` sets the queue)."""
     return Learner(
-        Settings(data_dir=data_dir).evolve(**settings),
+        db_settings(data_dir, **settings),
         inference=FakeInference(),
         engine=engine if engine is not None else CountingTrainer(),
         tokenizer=FakeTokenizer(),

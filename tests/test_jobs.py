@@ -1,7 +1,8 @@
 """Feedback jobs in the core: submit returns at once, a worker applies each job once.
 
-Most tests run on the fakes (real SQLite store and records, no model); one
-variant of the concurrency test runs the bundled model (``slow``).
+Most tests run on the fakes (real store and records, no model); one variant
+of the concurrency test runs the bundled model (``slow``). Every test runs on
+SQLite and on a real PostgreSQL server (the ``database`` fixture).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from jobs_support import (
     Q,
     assert_applied_once,
     assert_store_complete,
+    db_settings,
     jobs_learner,
     version_feedback,
     wait_until,
@@ -34,12 +36,12 @@ from claas import (
     Learner,
     NonFiniteUpdate,
     QueueFull,
-    Settings,
 )
 from claas.jobs.model import JOB_STATUSES, FeedbackJob
 from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
 
 ADAPTERS = ("t/a", "t/b", "t/c", "t/d")
+pytestmark = pytest.mark.usefixtures("database")
 
 
 def _submit_from_threads(
@@ -154,7 +156,7 @@ def test_concurrent_submits_apply_once_in_acceptance_order(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_concurrent_submits_on_the_real_model(tmp_path: Path, models_dir: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", model_cache_dir=models_dir)
+    settings = db_settings(tmp_path / "data", model_cache_dir=models_dir)
     with Learner(settings) as learner:
         adapters = ("real/a", "real/b")
         for adapter in adapters:
@@ -364,7 +366,7 @@ def test_jobs_filter_by_adapter_status_and_namespace(tmp_path: Path) -> None:
 
 def test_queued_jobs_of_one_adapter_coalesce_into_one_version(tmp_path: Path) -> None:
     """max_coalesce=3: jobs waiting behind a running one become one update, one version."""
-    settings = Settings(data_dir=tmp_path / "data").evolve(jobs={"max_coalesce": 3})
+    settings = db_settings(tmp_path / "data", jobs={"max_coalesce": 3})
     engine = FakeTrainer(delay=0.5)
     with Learner(
         settings, inference=FakeInference(), engine=engine, tokenizer=FakeTokenizer()
@@ -389,7 +391,7 @@ from claas import Learner, Settings
 from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
 
 data_dir, tag = Path(sys.argv[1]), sys.argv[2]
-learner = Learner(Settings(data_dir=data_dir), inference=FakeInference(),
+learner = Learner(Settings.load(data_dir=data_dir), inference=FakeInference(),
                   engine=FakeTrainer(delay=0.05), tokenizer=FakeTokenizer())
 jobs = []
 for i in range(6):
@@ -403,10 +405,10 @@ print("ok")
 """
 
 
-def test_two_processes_share_one_sqlite_queue_and_apply_each_job_once(tmp_path: Path) -> None:
-    """Two learners in two processes on one data dir: one queue, one update at a time."""
+def test_two_processes_share_one_queue_and_apply_each_job_once(tmp_path: Path) -> None:
+    """Two learners in two processes on one data dir and database: one queue, one update at once."""
     data_dir = tmp_path / "data"
-    with Learner(Settings(data_dir=data_dir), inference=FakeInference(), engine=FakeTrainer(),
+    with Learner(db_settings(data_dir), inference=FakeInference(), engine=FakeTrainer(),
                  tokenizer=FakeTokenizer()) as setup:  # fmt: skip
         setup.init_adapter("t/one")
         setup.init_adapter("t/two")
@@ -425,7 +427,7 @@ def test_two_processes_share_one_sqlite_queue_and_apply_each_job_once(tmp_path: 
         for proc in procs:
             proc.kill()
     assert [out.strip() for out, _ in outputs] == ["ok", "ok"], outputs
-    with Learner(Settings(data_dir=data_dir), inference=FakeInference(), engine=FakeTrainer(),
+    with Learner(db_settings(data_dir), inference=FakeInference(), engine=FakeTrainer(),
                  tokenizer=FakeTokenizer()) as check:  # fmt: skip
         jobs = check.jobs(limit=100)
         assert len(jobs) == 12 and {j.status for j in jobs} == {"applied"}

@@ -1,6 +1,7 @@
 """Feedback jobs over HTTP: 202 jobs, idempotency keys, back-pressure, cancel, crashes.
 
-The app runs on the fakes (real SQLite, no model): in process with
+The app runs on the fakes (real records, no model; every test on SQLite and on
+a real PostgreSQL server, the ``database`` fixture): in process with
 ``TestClient``, on a uvicorn thread where requests must overlap, and as a real
 server process on loopback where the test SIGKILLs it (``jobs_support``).
 """
@@ -32,6 +33,7 @@ from claas import Learner
 from claas_server import create_app
 
 Http = httpx.Client | TestClient
+pytestmark = pytest.mark.usefixtures("database")
 API_KEYS, auth, serving, snapshot = (
     server_support.API_KEYS,
     server_support.auth,

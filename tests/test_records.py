@@ -1,19 +1,33 @@
-"""The records database on a real SQLite file: round trips, transitions, restarts, races."""
+"""The records database: round trips, transitions, restarts, races.
+
+Each test runs on a real SQLite file and on a real PostgreSQL server (the
+``database`` fixture); the schema tests of each backend follow.
+"""
 
 from __future__ import annotations
 
 import math
+import socket
 import sqlite3
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from postgres_server import PostgresServer
 
-from claas.errors import CompletionNotFound, Conflict, InvalidRequest, NotFound, StorageError
-from claas.records import FeedbackEvent, LineageEntry, Records, RollbackEvent
+from claas.errors import (
+    BackendUnavailable,
+    CompletionNotFound,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    StorageError,
+)
+from claas.records import FeedbackEvent, LineageEntry, Records, RecordsBackend, RollbackEvent
 from claas.types import AdapterVersion, ChatMessage, Completion
 
 
@@ -53,12 +67,29 @@ def version(adapter_id: str, number: int, parent: int | None) -> AdapterVersion:
     )
 
 
+Opener = Callable[[], RecordsBackend]
+
+
 @pytest.fixture
-def records(tmp_path: Path) -> Records:
-    return Records(tmp_path / "db" / "records.sqlite3")
+def open_db(database: str | None, tmp_path: Path) -> Opener:
+    """Opens the test's records database (each call a new backend object on it)."""
+
+    def open_() -> RecordsBackend:
+        if database is None:
+            return Records(tmp_path / "db" / "records.sqlite3")
+        from claas.records.postgres import PostgresRecords
+
+        return PostgresRecords(database)
+
+    return open_
 
 
-def test_completion_round_trip_is_exact(records: Records) -> None:
+@pytest.fixture
+def records(open_db: Opener) -> RecordsBackend:
+    return open_db()
+
+
+def test_completion_round_trip_is_exact(records: RecordsBackend) -> None:
     original = completion()
     records.add_completion(original)
     loaded = records.get_completion("chatcmpl-1")
@@ -71,7 +102,7 @@ def test_completion_round_trip_is_exact(records: Records) -> None:
         records.add_completion(original)
 
 
-def test_missing_completion(records: Records) -> None:
+def test_missing_completion(records: RecordsBackend) -> None:
     with pytest.raises(CompletionNotFound) as info:
         records.get_completion("nope")
     assert isinstance(info.value, LookupError)
@@ -86,7 +117,7 @@ def test_missing_completion(records: Records) -> None:
     text=st.text(max_size=40),
 )
 def test_completion_round_trip_property(
-    records: Records, ids: list[int], logprobs: list[float], text: str
+    records: RecordsBackend, ids: list[int], logprobs: list[float], text: str
 ) -> None:
     response = tuple(range(len(logprobs)))
     top = tuple(((i, lp),) for i, lp in zip(response, logprobs, strict=True))
@@ -103,7 +134,7 @@ def test_completion_round_trip_property(
     assert records.get_completion(original.id) == original
 
 
-def test_feedback_status_transitions(records: Records) -> None:
+def test_feedback_status_transitions(records: RecordsBackend) -> None:
     event = records.add_feedback(
         feedback_id="fb-1", adapter_id="team/helper", completion_id="chatcmpl-1", text="shorter"
     )
@@ -142,7 +173,7 @@ def test_feedback_status_transitions(records: Records) -> None:
     assert failed.to_dict()["status"] == "failed"
 
 
-def test_feedback_listing_order_and_pending(records: Records) -> None:
+def test_feedback_listing_order_and_pending(records: RecordsBackend) -> None:
     for i in range(5):
         adapter = "a/one" if i % 2 == 0 else "a/two"
         records.add_feedback(
@@ -158,7 +189,7 @@ def test_feedback_listing_order_and_pending(records: Records) -> None:
         records.feedback_events(limit=0)
 
 
-def test_lineage_rollback_delete_and_stats(records: Records) -> None:
+def test_lineage_rollback_delete_and_stats(records: RecordsBackend) -> None:
     for number, parent in ((0, None), (1, 0), (2, 1)):
         records.add_version(version("team/helper", number, parent))
     records.add_version(version("team/other", 0, None))
@@ -200,9 +231,8 @@ def test_lineage_rollback_delete_and_stats(records: Records) -> None:
     assert records.counts()["versions"] == 1
 
 
-def test_restart_sees_everything(tmp_path: Path) -> None:
-    path = tmp_path / "records.sqlite3"
-    first = Records(path)
+def test_restart_sees_everything(open_db: Opener, database: str | None, tmp_path: Path) -> None:
+    first = open_db()
     first.add_completion(completion())
     first.add_feedback(feedback_id="fb-1", adapter_id="team/helper", completion_id=None, text="t")
     first.update_feedback("fb-1", status="running", parent_version=0)
@@ -210,12 +240,15 @@ def test_restart_sees_everything(tmp_path: Path) -> None:
     first.close()
     with pytest.raises(StorageError):
         first.get_completion("chatcmpl-1")
-    with Records(path) as second:
-        assert second.get_completion("chatcmpl-1") == completion()
-        assert [e.id for e in second.pending_feedback()] == ["fb-1"]
-        assert second.get_feedback("fb-1").status == "running"
-        assert [row.version for row in second.lineage("team/helper")] == [0]
-    with sqlite3.connect(path) as conn:
+    second = open_db()
+    assert second.get_completion("chatcmpl-1") == completion()
+    assert [e.id for e in second.pending_feedback()] == ["fb-1"]
+    assert second.get_feedback("fb-1").status == "running"
+    assert [row.version for row in second.lineage("team/helper")] == [0]
+    second.close()
+    if database is not None:
+        return
+    with sqlite3.connect(tmp_path / "db" / "records.sqlite3") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
 
@@ -230,13 +263,12 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         Records(path)
 
 
-def test_concurrent_writers_from_threads(tmp_path: Path) -> None:
-    path = tmp_path / "records.sqlite3"
-    shared = Records(path)
+def test_concurrent_writers_from_threads(open_db: Opener) -> None:
+    shared = open_db()
     errors: list[BaseException] = []
 
     def work(worker: int) -> None:
-        own = Records(path) if worker % 2 else shared  # shared object and separate ones
+        own = open_db() if worker % 2 else shared  # shared object and separate ones
         try:
             for i in range(20):
                 key = f"{worker}-{i}"
@@ -255,12 +287,12 @@ def test_concurrent_writers_from_threads(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    stats = Records(path).counts()
+    stats = open_db().counts()
     assert (stats["completions"], stats["feedback_applied"], stats["versions"]) == (160, 160, 160)
     assert stats["adapters"] == 8
 
 
-def test_namespace_filter_is_exact_and_done_in_the_database(records: Records) -> None:
+def test_namespace_filter_is_exact_and_done_in_the_database(records: RecordsBackend) -> None:
     """'a_b' must not match 'axb' (LIKE would), and other tenants' volume cannot crowd out."""
     for i in range(600):
         records.add_feedback(
@@ -299,3 +331,85 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
     Records(path).close()  # opening again migrates nothing twice
+
+
+def test_postgres_newer_schema_is_refused(postgres: PostgresServer) -> None:
+    import psycopg
+
+    from claas.records.postgres import PostgresRecords
+
+    url = postgres.new_database()
+    PostgresRecords(url).close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(StorageError, match="schema version 99"):
+        PostgresRecords(url)
+
+
+def test_postgres_version_1_database_is_migrated_in_place(postgres: PostgresServer) -> None:
+    """The migrations are SQLite's own list, run through the dialect layer."""
+    import psycopg
+
+    from claas.records._pg_dialect import translate
+    from claas.records.postgres import PostgresRecords
+    from claas.records.sqlite import _SCHEMA, SCHEMA_VERSION
+
+    url = postgres.new_database()
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+        for statement in _SCHEMA:
+            conn.execute(translate(statement))
+        conn.execute(
+            "INSERT INTO feedback (id, adapter_id, text, status, metrics, timings, created) "
+            "VALUES ('fb-old', 'team/helper', 't', 'running', '{}', '{}', 1.0)"
+        )
+    with PostgresRecords(url) as records:
+        assert [e.id for e in records.pending_feedback()] == ["fb-old"]
+        assert records.job_counts()["queued"] == 0
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        kinds = dict(
+            conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = 'completions'"
+            ).fetchall()
+        )
+    assert kinds["created"] == "double precision"  # SQLite's REAL is 8 bytes; PostgreSQL's is 4
+    PostgresRecords(url).close()  # opening again migrates nothing twice
+
+
+def test_postgres_processes_opening_at_once_set_the_schema_up_once(
+    postgres: PostgresServer,
+) -> None:
+    from claas.records.postgres import PostgresRecords
+
+    url = postgres.new_database()
+    opened: list[RecordsBackend] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            opened.append(PostgresRecords(url))
+        except BaseException as exc:  # surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(opened) == 4
+    for records in opened:
+        assert records.counts()["completions"] == 0
+        records.close()
+
+
+def test_postgres_unreachable_is_backend_unavailable() -> None:
+    from claas.records.postgres import PostgresRecords
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(BackendUnavailable, match="unavailable"):
+        PostgresRecords(f"postgresql://claas@127.0.0.1:{port}/x", connect_timeout=1.0)

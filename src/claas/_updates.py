@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -27,8 +27,10 @@ from claas.errors import (
     error_code,
 )
 from claas.inference.base import TeacherScorer, TrainingWindow
+from claas.jobs._fencing import AlreadyPublished, publish_fence, published_version
 from claas.jobs.model import FeedbackJob, JobPayload, QueueLimits, check_idempotency_key
 from claas.records import NewFeedback, RecordsBackend
+from claas.records.base import DatabaseUnavailable
 from claas.storage import AdapterStore
 from claas.teacher import HINDSIGHT_TEMPLATE, DistillSample, build_sample, build_sample_from_text
 from claas.types import (
@@ -112,26 +114,38 @@ class Updates:
 
         A job claimed again after a crash whose version the store already holds
         (a version naming its feedback ids) is marked applied, not trained twice.
+        The finish names the claiming worker: one that lost its lease publishes
+        and finishes nothing (:mod:`claas.jobs._fencing`).
         """
         ids = [job.id for job in jobs]
         feedback_ids = [f for job in jobs for f in job.feedback_ids]
         adapter_id = jobs[0].adapter_id
+        worker = jobs[0].worker
         try:
             published = self._published(adapter_id, feedback_ids) if _retried(jobs) else None
             if published is not None:
-                return self._records.finish_jobs(
-                    ids,
-                    status="applied",
-                    version=published.version,
-                    parent_version=published.parent,
-                    metrics=dict(published.metrics),
-                    error="recovered after a crash: the version was already published",
-                )
+                raise AlreadyPublished(published)
             with self._locks.hold(adapter_id):
                 result, note = self._apply_jobs(jobs, feedback_ids)
+        except DatabaseUnavailable:  # not the job's fault: its lease runs out and it is retried
+            raise
+        except AlreadyPublished as done:
+            return self._records.finish_jobs(
+                ids,
+                status="applied",
+                version=done.version.version,
+                parent_version=done.version.parent,
+                metrics=dict(done.version.metrics),
+                error="recovered after a crash: the version was already published",
+                worker=worker,
+            )
         except Exception as exc:  # recorded on the job; the waiter re-raises its class
             return self._records.finish_jobs(
-                ids, status="failed", error=str(exc) or repr(exc), error_code=error_code(exc)
+                ids,
+                status="failed",
+                error=str(exc) or repr(exc),
+                error_code=error_code(exc),
+                worker=worker,
             )
         return self._records.finish_jobs(
             ids,
@@ -141,6 +155,7 @@ class Updates:
             metrics=dict(result.metrics),
             timings=dict(result.timings),
             error=note,
+            worker=worker,
         )
 
     def _apply_jobs(
@@ -152,15 +167,12 @@ class Updates:
         scorer = self.teacher_scorer(config)
         target, samples = self.prepare(items, jobs[0].adapter_id)
         accepted = min(job.accepted for job in jobs)
-        return self._apply(target, feedback_ids, samples, config, scorer, accepted)
+        fence = publish_fence(self._records, self._store, jobs)
+        return self._apply(target, feedback_ids, samples, config, scorer, accepted, fence)
 
     def _published(self, adapter_id: str, feedback_ids: list[str]) -> AdapterVersion | None:
         """The stored version that already learned ``feedback_ids``, if one does."""
-        wanted = set(feedback_ids)
-        for version in self._store.versions(adapter_id):
-            if wanted & set(version.feedback_ids):
-                return version
-        return None
+        return published_version(self._store, adapter_id, feedback_ids)
 
     def teacher_scorer(self, config: DistillConfig) -> TeacherScorer | None:
         """The backend that scores a remote teacher, refusing one that cannot."""
@@ -238,8 +250,11 @@ class Updates:
         config: DistillConfig,
         scorer: TeacherScorer | None,
         accepted: float,
+        fence: Callable[[], None] = lambda: None,
     ) -> tuple[FeedbackResult, str | None]:
         """Train, save, go live: one update, in named steps (``accepted``: unix time).
+
+        ``fence`` runs under the store's lock just before the version is written.
 
         Returns:
             The result and why serving lags behind the store, if it does.
@@ -250,7 +265,7 @@ class Updates:
         with update_workdir(self._scratch) as work:
             result = self._train(samples, parent, config, work, remote)
             trained = time.time()
-            version, retired = self._save(parent, work, config, feedback_ids, result)
+            version, retired = self._save(parent, work, config, feedback_ids, result, fence)
         saved = time.time()
         publish_error = self._go_live(version, retired)
         done = time.time()
@@ -291,14 +306,20 @@ class Updates:
         config: DistillConfig,
         feedback_ids: list[str],
         result: DistillResult,
+        fence: Callable[[], None],
     ) -> tuple[AdapterVersion, list[AdapterVersion]]:
         """Publish ``work`` as the next version; return it and the versions retention retired."""
         adapter_id = parent.adapter_id
         retained = self._store.versions(adapter_id)
+
+        def write(out: Path) -> None:
+            fence()  # under the store's adapter lock: no other publish of it runs meanwhile
+            move_contents(work, out)
+
         version = self._store.publish(
             adapter_id,
             parent=parent.version,
-            write=lambda out: move_contents(work, out),
+            write=write,
             distill_config=config.to_dict(),
             feedback_ids=feedback_ids,
             metrics=dict(result.metrics),

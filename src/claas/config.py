@@ -95,6 +95,13 @@ def _check_url(instance: object, attribute: attrs.Attribute[Any], value: Any) ->
         raise _error(_name(instance, attribute), value, "must be an http:// or https:// URL")
 
 
+def _check_database_url(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
+        raise _error(_name(instance, attribute), "<redacted>", "must be a postgresql:// URL")
+
+
 def _registered_name(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     # Third-party backends can be registered (claas.registry), so only the form is checked here.
     if not isinstance(value, str) or not value.isidentifier():
@@ -233,6 +240,9 @@ class JobSettings:
         max_queued: Jobs that may wait in all.
         lease_seconds: How long a running job's claim lasts without a
             heartbeat before another worker may take it over.
+        worker: When this process applies jobs: ``auto`` (once there is one),
+            ``off`` (never: an API server beside ``claas worker`` processes) or
+            ``eager`` (from the start: a ``claas worker`` process).
     """
 
     section: ClassVar[str] = "jobs"
@@ -243,6 +253,7 @@ class JobSettings:
     max_queued_per_adapter: int = attrs.field(default=100, validator=_positive_int)
     max_queued: int = attrs.field(default=1000, validator=_positive_int)
     lease_seconds: float = attrs.field(default=30.0, validator=_positive_number)
+    worker: str = attrs.field(default="auto", validator=_choice(("auto", "off", "eager")))
 
 
 @attrs.frozen(kw_only=True)
@@ -320,6 +331,8 @@ class Settings:
         modal: The ``modal`` engine's app (:class:`ModalSettings`).
         server: The HTTP server's keys and limits (:class:`ServerSettings`).
         jobs: The feedback-job queue and its worker (:class:`JobSettings`).
+        database_url: A ``postgresql://`` URL: records and job queue in
+            PostgreSQL, shared by many processes (``None``: SQLite in the data dir).
     """
 
     data_dir: Path = attrs.field(factory=_default_data_dir, converter=_to_path)
@@ -345,6 +358,7 @@ class Settings:
     modal: ModalSettings = attrs.field(factory=ModalSettings, validator=_record(ModalSettings))
     server: ServerSettings = attrs.field(factory=ServerSettings, validator=_record(ServerSettings))
     jobs: JobSettings = attrs.field(factory=JobSettings, validator=_record(JobSettings))
+    database_url: str | None = attrs.field(default=None, validator=_check_database_url, repr=False)
 
     @base_model.validator
     def _check_base_model(self, attribute: attrs.Attribute[str], value: str) -> None:

@@ -136,7 +136,7 @@ class NonFiniteUpdate(TrainingError):
 
 
 class BackendUnavailable(ClaasError, ConnectionError):
-    """An inference backend or training service could not be reached."""
+    """An inference backend, training service or the records database could not be reached."""
 
 
 class StorageError(ClaasError, OSError):

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from claas._adapter_locks import AdapterLocks
 from claas._chat import completion_of
+from claas._cluster import follow_published
 from claas._components import Components
 from claas._legacy import replay_events
 from claas._scratch import sweep_scratch
@@ -33,7 +34,7 @@ from claas.inference.base import Generation, InferenceBackend
 from claas.jobs.model import FeedbackJob, JobStatus
 from claas.jobs.service import JobListener, JobService, result_of
 from claas.learner_like import MessagesLike
-from claas.records import FeedbackEvent, LineageEntry, Records, RecordsBackend, RollbackEvent
+from claas.records import FeedbackEvent, LineageEntry, RecordsBackend, RollbackEvent, open_records
 from claas.results import ChatStream, Score
 from claas.storage import AdapterStore, LocalAdapterStore, summarize
 from claas.teacher import ChatTokenizer, encode_chat
@@ -88,7 +89,7 @@ class Learner:
         self._store: AdapterStore = store or LocalAdapterStore(
             self.settings.adapters_dir, keep_versions=self.settings.keep_versions
         )
-        self._records: RecordsBackend = records or Records(self.settings.db_path)
+        self._records: RecordsBackend = records or open_records(self.settings)
         self._parts = Components(
             self.settings, inference=inference, engine=engine, tokenizer=tokenizer
         )
@@ -104,6 +105,7 @@ class Learner:
         self._scratch = self.settings.data_dir / "tmp"
         sweep_scratch(self._scratch)
         self._jobs = JobService(self.settings, self._records, self._updates.run)
+        follow_published(self._records, self._store, self._updates.publish_quietly)
         weakref.finalize(self, self._jobs.stop_soon)  # an unclosed learner's worker ends too
         self._jobs.start_if_pending()  # jobs interrupted by a crash recover on their own
 

@@ -57,6 +57,8 @@ class FeedbackJob:
         error: Why it failed, was rejected or cancelled.
         error_code: The :func:`claas.errors.error_code` of the failure.
         attempts: How many times a worker started it (more than one after a crash).
+        worker: The id of the worker running it (``running`` only); it fences
+            the finish, and is not part of :meth:`to_dict`.
     """
 
     id: str
@@ -74,6 +76,7 @@ class FeedbackJob:
     error: str | None = None
     error_code: str | None = None
     attempts: int = 0
+    worker: str | None = None
 
     @property
     def done(self) -> bool:
@@ -83,6 +86,7 @@ class FeedbackJob:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready mapping."""
         data = attrs.asdict(self)
+        del data["worker"]
         data["feedback_ids"] = list(self.feedback_ids)
         data["metrics"], data["timings"] = dict(self.metrics), dict(self.timings)
         return data

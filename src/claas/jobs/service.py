@@ -1,8 +1,9 @@
 """One process's side of the job queue: submit, wait, cancel, and its worker.
 
 The :class:`~claas.learner.Learner` delegates its job use cases here. Waiting
-is woken at once by this process's worker and polls for jobs applied by other
-processes.
+is woken at once by this process's worker, and by other processes' through the
+database's notifications where it has them (else it polls).
+``settings.jobs.worker`` says whether this process applies jobs at all.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from claas.config import Settings
 from claas.errors import Conflict, error_for_code
 from claas.jobs.model import FeedbackJob
 from claas.jobs.worker import JobWorker
-from claas.records.base import RecordsBackend
+from claas.records.base import DONE_CHANNEL, Notifications, RecordsBackend
 from claas.types import FeedbackResult
 
 __all__ = ["JobListener", "JobService", "raise_for", "result_of"]
@@ -53,10 +54,21 @@ class JobService:
             max_coalesce=settings.jobs.max_coalesce,
         )
         self._started = False
+        self._mode = settings.jobs.worker
+        self._wait_poll = 0.5
+        self._wakes = 0
+        if isinstance(records, Notifications):
+            records.subscribe(DONE_CHANNEL, lambda _job_id: self._wake_waiters())
+            self._wait_poll = 5.0  # a safety net only: NOTIFY wakes the waiters
         self._max_pending = settings.jobs.max_queued_per_adapter + settings.jobs.max_coalesce
 
     def start(self) -> None:
-        """Start the worker (recovering interrupted jobs first); idempotent."""
+        """Start the worker (recovering interrupted jobs first); idempotent.
+
+        Does nothing when ``settings.jobs.worker`` is ``off``.
+        """
+        if self._mode == "off":
+            return
         with self._lock:
             if self._started:
                 return
@@ -64,7 +76,13 @@ class JobService:
         self._worker.start()
 
     def start_if_pending(self) -> None:
-        """Start the worker if the queue holds queued or running jobs (a restart)."""
+        """Start the worker if the queue holds queued or running jobs (a restart).
+
+        An ``eager`` worker (``claas worker``) starts regardless.
+        """
+        if self._mode == "eager":
+            self.start()
+            return
         counts = self._records.job_counts()
         if counts["queued"] or counts["running"]:
             self.start()
@@ -82,14 +100,18 @@ class JobService:
         """Block until the job is final or ``timeout`` seconds pass; return it as it is."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            with self._finished:
+                seen = self._wakes
             job = self._records.get_job(job_id)
             if job.done:
                 return job
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return job
-            with self._finished:  # woken by our worker; the poll sees other processes'
-                self._finished.wait(0.5 if left is None else min(left, 0.5))
+            with self._finished:  # woken by a worker; the poll is the fallback without NOTIFY
+                if self._wakes == seen:  # nothing finished since we looked
+                    poll = self._wait_poll
+                    self._finished.wait(poll if left is None else min(left, poll))
 
     def wait_for_adapter(self, adapter_id: str) -> None:
         """Wait until every job of ``adapter_id`` accepted so far is final."""
@@ -117,14 +139,19 @@ class JobService:
         self._worker.stop_soon()
 
     def _apply(self, jobs: Sequence[FeedbackJob]) -> None:
-        finished = self._run(jobs)
+        # A job whose lease another worker took over comes back unfinished: not ours to report.
+        finished = [job for job in self._run(jobs) if job.done]
         for job in finished:  # before waking waiters: a response never outruns its metrics
             for listener in self._listeners:
                 try:
                     listener(job)
                 except Exception:  # a metrics hook must not stop the worker
                     log.exception("job listener %r failed", listener)
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
         with self._finished:
+            self._wakes += 1
             self._finished.notify_all()
 
 

@@ -3,8 +3,10 @@
 An in-process worker is a few daemon threads of the process that owns the
 :class:`~claas.learner.Learner` (``claas serve``, a notebook). Each thread
 claims from the records database, so several processes on one SQLite file
-share the queue. A thread is woken at once by a submit of its own process and
-polls every ``poll_seconds`` for the others'. Recovery runs here too: a job
+(or one PostgreSQL database, ``claas worker``) share the queue. A thread is
+woken at once by a submit of its own process; other processes' submits wake it
+through the database's notifications where it has them (PostgreSQL's
+``LISTEN``), and otherwise it polls every ``poll_seconds``. Recovery runs here too: a job
 whose worker died (its process is gone) or whose lease ran out goes back to
 the queue, to be applied once.
 """
@@ -21,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 from claas.jobs.model import FeedbackJob
-from claas.records.base import JobQueue
+from claas.records.base import JOBS_CHANNEL, JobQueue, Notifications
 
 __all__ = ["JobWorker", "worker_is_alive"]
 
@@ -89,6 +91,9 @@ class JobWorker:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._last_recovery = time.monotonic()
+        if isinstance(queue, Notifications):  # woken by NOTIFY; wait only to look for stale jobs
+            queue.subscribe(JOBS_CHANNEL, lambda _payload: self.notify_all())
+            self._poll = max(poll_seconds, lease_seconds / 3)
 
     def start(self) -> None:
         """Recover stale jobs and start the threads (idempotent)."""
@@ -118,6 +123,12 @@ class JobWorker:
         with self._wake:
             self._pending_wakes += 1
             self._wake.notify()
+
+    def notify_all(self) -> None:
+        """Wake every idle thread: another process says a job may be claimable."""
+        with self._wake:
+            self._pending_wakes += self._count
+            self._wake.notify_all()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop claiming; a thread finishes the update it is applying first."""
@@ -151,7 +162,11 @@ class JobWorker:
                 self._idle()
                 continue
             with self._heartbeat([job.id for job in claimed]):
-                self._apply(claimed)
+                try:
+                    self._apply(claimed)
+                except Exception:  # e.g. the database is down: the lease runs out, recovery retries
+                    log.exception("applying %s failed; its lease will expire", claimed)
+                    self._idle()
 
     def _recover_now_and_then(self) -> None:
         """Look for stale jobs about three times per lease, not at every poll."""

@@ -1,4 +1,4 @@
-"""SQL pieces shared by the SQLite records and its job queue."""
+"""SQL pieces shared by the records backends and their job queue."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ from collections.abc import Collection
 
 from claas.errors import InvalidRequest
 
-__all__ = ["adapter_filter", "check_limit"]
+__all__ = ["DuplicateKey", "adapter_filter", "check_limit"]
+
+
+class DuplicateKey(Exception):
+    """A row broke a unique constraint (each backend raises it for its driver's error)."""
 
 
 def adapter_filter(
@@ -23,7 +27,7 @@ def adapter_filter(
         clauses.append(
             f"substr(adapter_id, 1, instr(adapter_id, '/') - 1) IN ({', '.join('?' * len(wanted))})"
             if wanted
-            else "0"
+            else "1 = 0"
         )
         args.extend(wanted)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)

@@ -1,9 +1,18 @@
-"""The job queue in the SQLite records file (schema version 2).
+"""The job queue in the records database (schema version 2), SQLite's SQL.
 
 Claims are taken inside ``BEGIN IMMEDIATE`` (one writer at a time on the
 file), so two workers, in one process or several, never claim the same job,
 and an adapter's next job is claimed only when none of its jobs is running:
 each adapter's updates apply one at a time, in acceptance order.
+
+The PostgreSQL backend (:mod:`claas.records.postgres`) runs the same methods
+through its dialect layer and overrides the claim (``FOR UPDATE SKIP
+LOCKED``). The hooks it fills are ``_serialize`` (a lock held to the end of
+the transaction; SQLite's write lock already is one), ``_notify`` (wake other
+processes at commit) and ``_FOR_UPDATE`` (row locks on read-then-write).
+
+A finish names the worker that claimed the jobs: a worker whose lease ran out
+and whose jobs another worker took over changes nothing (fencing).
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import attrs
 from claas.errors import Conflict, IdempotencyConflict, InvalidRequest, JobNotFound, QueueFull
 from claas.jobs.model import JOB_STATUSES, FeedbackJob, JobStatus, QueueLimits
 from claas.records._sql import adapter_filter, check_limit
-from claas.records.base import NewFeedback
+from claas.records.base import DONE_CHANNEL, JOBS_CHANNEL, NewFeedback
 
 __all__ = ["JOB_MIGRATION", "SQLiteJobRows"]
 
@@ -40,8 +49,9 @@ JOB_MIGRATION = (
 )
 _COLUMNS = (
     "id, adapter_id, status, accepted, feedback_ids, idempotency_key, started, finished, "
-    "version, parent_version, metrics, timings, error, error_code, attempts"
+    "version, parent_version, metrics, timings, error, error_code, attempts, worker"
 )
+
 _FEEDBACK_STATUS: Mapping[str, str] = {
     "queued": "queued",
     "running": "running",
@@ -56,6 +66,20 @@ class SQLiteJobRows:
     """Job methods of :class:`~claas.records.Records` (it provides ``_tx``)."""
 
     _tx: Callable[..., contextlib.AbstractContextManager[sqlite3.Connection]]
+    _FOR_UPDATE = ""  # SQLite's write transaction already excludes every other writer
+    _SKIP_LOCKED = ""
+    # The oldest queued job of an adapter with none running.
+    _CLAIMABLE = (
+        "SELECT seq, adapter_id, payload FROM jobs AS j WHERE status = 'queued' AND NOT "
+        "EXISTS (SELECT 1 FROM jobs AS r WHERE r.adapter_id = j.adapter_id "
+        "AND r.status = 'running') ORDER BY seq LIMIT 1"
+    )
+
+    def _serialize(self, conn: sqlite3.Connection, key: str) -> None:
+        """Hold ``key``'s lock to the end of the transaction (``BEGIN IMMEDIATE`` did)."""
+
+    def _notify(self, conn: sqlite3.Connection, channel: str, payload: str = "") -> None:
+        """Tell other processes at commit (SQLite cannot; they poll)."""
 
     def add_job(
         self,
@@ -77,6 +101,8 @@ class SQLiteJobRows:
             QueueFull: The adapter's or the global queue is at its limit.
         """
         with self._tx(write=True) as conn:
+            # Per adapter: a key's twin waits and finds the first; acceptance order is commit order.
+            self._serialize(conn, f"jobs:{job.adapter_id}")
             if job.idempotency_key is not None:
                 existing = conn.execute(
                     f"SELECT {_COLUMNS}, body_hash FROM jobs "
@@ -115,6 +141,7 @@ class SQLiteJobRows:
                     for f in feedback
                 ],
             )
+            self._notify(conn, JOBS_CHANNEL)
         return job, True
 
     def get_job(self, job_id: str) -> FeedbackJob:
@@ -178,16 +205,12 @@ class SQLiteJobRows:
             ):
                 return []
         with self._tx(write=True) as conn:
-            first = conn.execute(
-                "SELECT seq, adapter_id, payload FROM jobs AS j WHERE status = 'queued' AND NOT "
-                "EXISTS (SELECT 1 FROM jobs AS r WHERE r.adapter_id = j.adapter_id "
-                "AND r.status = 'running') ORDER BY seq LIMIT 1"
-            ).fetchone()
+            first = conn.execute(self._CLAIMABLE).fetchone()
             if first is None:
                 return []
             rows = conn.execute(
                 "SELECT id, payload FROM jobs WHERE adapter_id = ? AND status = 'queued' "
-                "ORDER BY seq LIMIT ?",
+                f"ORDER BY seq LIMIT ?{self._FOR_UPDATE}",
                 (first["adapter_id"], max_coalesce),
             ).fetchall()
             config = json.loads(first["payload"])["config"]
@@ -206,6 +229,17 @@ class SQLiteJobRows:
                 f"UPDATE feedback SET status = 'running' WHERE job_id IN ({marks})", tuple(ids)
             )
             return [_one(conn, job_id) for job_id in ids]
+
+    def holds_lease(self, job_ids: Sequence[str], worker: str) -> bool:
+        """Whether ``worker`` still runs every one of ``job_ids`` under an unexpired lease."""
+        marks = ", ".join("?" * len(job_ids))
+        with self._tx() as conn:
+            held = conn.execute(
+                f"SELECT COUNT(*) FROM jobs WHERE id IN ({marks}) AND status = 'running' "
+                "AND worker = ? AND lease_expires > ?",
+                (*job_ids, worker, time.time()),
+            ).fetchone()[0]
+        return int(held) == len(set(job_ids))
 
     def renew_lease(self, job_ids: Sequence[str], worker: str, lease_seconds: float) -> None:
         """Extend a worker's claim on its running jobs (its heartbeat)."""
@@ -228,29 +262,42 @@ class SQLiteJobRows:
         timings: Mapping[str, float] | None = None,
         error: str | None = None,
         error_code: str | None = None,
+        worker: str | None = None,
     ) -> list[FeedbackJob]:
-        """Move running jobs (and their feedback events) to a final status."""
+        """Move running jobs (and their feedback events) to a final status.
+
+        With ``worker``, only jobs that worker still runs change: one whose lease
+        was taken over finishes nothing. Returns the jobs as they are then.
+        """
         now = time.time()
         marks = ", ".join("?" * len(job_ids))
+        fence, owner = ("AND worker = ?", (worker,)) if worker is not None else ("", ())
         metrics_json, timings_json = (
             json.dumps(dict(metrics or {})),
             json.dumps(dict(timings or {})),
         )
         with self._tx(write=True) as conn:
-            conn.execute(
+            finished = conn.execute(
                 "UPDATE jobs SET status = ?, version = ?, parent_version = ?, metrics = ?, "
                 "timings = ?, error = ?, error_code = ?, finished = ?, worker = NULL, "
-                f"lease_expires = NULL WHERE status = 'running' AND id IN ({marks})",
+                f"lease_expires = NULL WHERE status = 'running' AND id IN ({marks}) {fence} "
+                "RETURNING id",
                 (status, version, parent_version, metrics_json, timings_json, error, error_code,
-                 now, *job_ids),
-            )  # fmt: skip
-            conn.execute(
-                "UPDATE feedback SET status = ?, version = ?, parent_version = ?, metrics = ?, "
-                "timings = ?, error = ?, finished = ? "
-                f"WHERE status IN ('queued', 'running') AND job_id IN ({marks})",
-                (_FEEDBACK_STATUS[status], version, parent_version, metrics_json, timings_json,
-                 error, now, *job_ids),
-            )  # fmt: skip
+                 now, *job_ids, *owner),
+            ).fetchall()  # fmt: skip
+            done = tuple(row[0] for row in finished)
+            if done:
+                done_marks = ", ".join("?" * len(done))
+                conn.execute(
+                    "UPDATE feedback SET status = ?, version = ?, parent_version = ?, "
+                    "metrics = ?, timings = ?, error = ?, finished = ? "
+                    f"WHERE status IN ('queued', 'running') AND job_id IN ({done_marks})",
+                    (_FEEDBACK_STATUS[status], version, parent_version, metrics_json,
+                     timings_json, error, now, *done),
+                )  # fmt: skip
+                self._notify(conn, JOBS_CHANNEL)  # the adapter's next job is claimable now
+                for job_id in done:
+                    self._notify(conn, DONE_CHANNEL, job_id)
             return [_one(conn, job_id) for job_id in job_ids]
 
     def cancel_job(self, job_id: str, *, reason: str = "cancelled before it ran") -> FeedbackJob:
@@ -262,7 +309,7 @@ class SQLiteJobRows:
         """
         now = time.time()
         with self._tx(write=True) as conn:
-            job = _one(conn, job_id)
+            job = _one(conn, job_id, self._FOR_UPDATE)
             if job.status != "queued":
                 raise Conflict(f"job {job_id} is {job.status}; only a queued job can be cancelled")
             conn.execute(
@@ -273,6 +320,7 @@ class SQLiteJobRows:
                 "UPDATE feedback SET status = 'failed', error = ?, finished = ? WHERE job_id = ?",
                 (reason, now, job_id),
             )
+            self._notify(conn, DONE_CHANNEL, job_id)
             return _one(conn, job_id)
 
     def requeue_stale(self, is_alive: Callable[[str], bool]) -> list[str]:
@@ -281,6 +329,7 @@ class SQLiteJobRows:
         with self._tx(write=True) as conn:
             rows = conn.execute(
                 "SELECT id, worker, lease_expires FROM jobs WHERE status = 'running'"
+                + self._SKIP_LOCKED  # a job being finished now is not stale
             ).fetchall()
             stale = [
                 r["id"]
@@ -298,6 +347,7 @@ class SQLiteJobRows:
                     f"UPDATE feedback SET status = 'queued' WHERE job_id IN ({marks})",
                     tuple(stale),
                 )
+                self._notify(conn, JOBS_CHANNEL)
         return stale
 
     def cancel_adapter_jobs(self, adapter_id: str, reason: str) -> list[str]:
@@ -307,7 +357,9 @@ class SQLiteJobRows:
             ids = [
                 row["id"]
                 for row in conn.execute(
-                    "SELECT id FROM jobs WHERE adapter_id = ? AND status = 'queued'", (adapter_id,)
+                    "SELECT id FROM jobs WHERE adapter_id = ? AND status = 'queued' "
+                    f"ORDER BY seq{self._FOR_UPDATE}",
+                    (adapter_id,),
                 )
             ]
             marks = ", ".join("?" * len(ids))
@@ -322,12 +374,15 @@ class SQLiteJobRows:
                     f"WHERE job_id IN ({marks})",
                     (reason, now, *ids),
                 )
+                for job_id in ids:
+                    self._notify(conn, DONE_CHANNEL, job_id)
         return ids
 
 
 def _check_limits(conn: sqlite3.Connection, adapter_id: str, limits: QueueLimits) -> None:
     total, mine = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(adapter_id = ?), 0) FROM jobs WHERE status = 'queued'",
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN adapter_id = ? THEN 1 ELSE 0 END), 0) "
+        "FROM jobs WHERE status = 'queued'",
         (adapter_id,),
     ).fetchone()
     if mine >= limits.per_adapter:
@@ -342,8 +397,10 @@ def _check_limits(conn: sqlite3.Connection, adapter_id: str, limits: QueueLimits
         )
 
 
-def _one(conn: sqlite3.Connection, job_id: str) -> FeedbackJob:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+def _one(conn: sqlite3.Connection, job_id: str, for_update: str = "") -> FeedbackJob:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM jobs WHERE id = ?{for_update}", (job_id,)
+    ).fetchone()
     if row is None:
         raise JobNotFound(f"no feedback job with id {job_id!r}")
     return _job(row)

@@ -13,19 +13,25 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_chec
 
 import attrs
 
+from claas.errors import BackendUnavailable
 from claas.types import AdapterVersion, Completion
 
 if TYPE_CHECKING:
     from claas.jobs.model import FeedbackJob, JobStatus, QueueLimits
 
 __all__ = [
+    "DONE_CHANNEL",
     "FINAL_STATUSES",
+    "JOBS_CHANNEL",
+    "DatabaseUnavailable",
     "STATUSES",
+    "VERSIONS_CHANNEL",
     "FeedbackEvent",
     "FeedbackStatus",
     "JobQueue",
     "LineageEntry",
     "NewFeedback",
+    "Notifications",
     "RecordsBackend",
     "RollbackEvent",
 ]
@@ -33,6 +39,22 @@ __all__ = [
 FeedbackStatus = Literal["queued", "running", "applied", "failed"]
 STATUSES: tuple[FeedbackStatus, ...] = get_args(FeedbackStatus)
 FINAL_STATUSES: tuple[FeedbackStatus, ...] = ("applied", "failed")
+
+
+class DatabaseUnavailable(BackendUnavailable):
+    """The records database cannot be reached now (HTTP 503); retrying later may work.
+
+    A job whose update meets it is not failed: it stays claimed until its lease
+    runs out, and is applied when the database is back.
+    """
+
+
+JOBS_CHANNEL = "claas_jobs"
+"""Notified when a job may have become claimable (accepted, requeued, its adapter freed)."""
+DONE_CHANNEL = "claas_jobs_done"
+"""Notified with a job's id when it reaches a final status."""
+VERSIONS_CHANNEL = "claas_versions"
+"""Notified with ``"<adapter_id> <version>"`` when a version is recorded."""
 
 
 @attrs.frozen(kw_only=True)
@@ -165,6 +187,10 @@ class JobQueue(Protocol):
         """A worker's heartbeat on its running jobs."""
         ...
 
+    def holds_lease(self, job_ids: Sequence[str], worker: str) -> bool:
+        """Whether ``worker`` still runs all of ``job_ids`` under an unexpired lease."""
+        ...
+
     def finish_jobs(
         self,
         job_ids: Sequence[str],
@@ -176,8 +202,12 @@ class JobQueue(Protocol):
         timings: Mapping[str, float] | None = None,
         error: str | None = None,
         error_code: str | None = None,
+        worker: str | None = None,
     ) -> list[FeedbackJob]:
-        """Move running jobs and their feedback events to a final status."""
+        """Move running jobs and their feedback events to a final status.
+
+        With ``worker``, only the jobs that worker still runs (fencing).
+        """
         ...
 
     def cancel_job(self, job_id: str, *, reason: str = ...) -> FeedbackJob:
@@ -190,6 +220,22 @@ class JobQueue(Protocol):
 
     def requeue_stale(self, is_alive: Callable[[str], bool]) -> list[str]:
         """Give back running jobs of dead workers or with expired leases."""
+        ...
+
+
+@runtime_checkable
+class Notifications(Protocol):
+    """A records backend that tells other processes what changed (PostgreSQL's NOTIFY).
+
+    Without it, other processes' changes are seen by polling.
+    """
+
+    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` on each notification of ``channel``, from a thread.
+
+        After a lost connection is re-established every callback is called once
+        with ``""``: notifications sent meanwhile are lost, so look again.
+        """
         ...
 
 

@@ -31,11 +31,12 @@ from claas.errors import (
     NotFound,
     StorageError,
 )
-from claas.records._sql import adapter_filter, check_limit
+from claas.records._sql import DuplicateKey, adapter_filter, check_limit
 from claas.records._sqlite_jobs import JOB_MIGRATION, SQLiteJobRows
 from claas.records.base import (
     FINAL_STATUSES,
     STATUSES,
+    VERSIONS_CHANNEL,
     FeedbackEvent,
     FeedbackStatus,
     LineageEntry,
@@ -138,7 +139,7 @@ class Records(SQLiteJobRows):
         try:
             with self._tx(write=True) as conn:
                 conn.execute(f"INSERT INTO completions VALUES ({', '.join('?' * 14)})", row)
-        except sqlite3.IntegrityError:
+        except DuplicateKey:
             raise Conflict(f"completion {c.id!r} is already recorded") from None
 
     def get_completion(self, completion_id: str) -> Completion:
@@ -204,7 +205,7 @@ class Records(SQLiteJobRows):
                     "metrics, timings, created) VALUES (?, ?, ?, ?, 'queued', '{}', '{}', ?)",
                     (feedback_id, adapter_id, completion_id, text, event.created),
                 )
-        except sqlite3.IntegrityError:
+        except DuplicateKey:
             raise Conflict(f"feedback {feedback_id!r} is already recorded") from None
         return event
 
@@ -236,7 +237,7 @@ class Records(SQLiteJobRows):
         if status not in STATUSES:
             raise InvalidRequest(f"feedback status {status!r} is not one of {STATUSES}")
         with self._tx(write=True) as conn:
-            old = self._feedback_row(conn, feedback_id)
+            old = self._feedback_row(conn, feedback_id, self._FOR_UPDATE)
             if old.done and status != old.status:
                 raise Conflict(f"feedback {feedback_id!r} is {old.status}, cannot become {status}")
             new = attrs.evolve(
@@ -320,7 +321,10 @@ class Records(SQLiteJobRows):
         """Record a published version (recording it again replaces the row)."""
         with self._tx(write=True) as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (adapter_id, version) DO UPDATE SET parent = excluded.parent, "
+                "created = excluded.created, feedback_ids = excluded.feedback_ids, "
+                "metrics = excluded.metrics",
                 (
                     version.adapter_id,
                     version.version,
@@ -330,6 +334,7 @@ class Records(SQLiteJobRows):
                     _dumps(dict(version.metrics)),
                 ),
             )
+            self._notify(conn, VERSIONS_CHANNEL, f"{version.adapter_id} {version.version}")
 
     def lineage(self, adapter_id: str) -> list[LineageEntry]:
         """Return the adapter's recorded versions, ascending."""
@@ -444,7 +449,9 @@ class Records(SQLiteJobRows):
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise DuplicateKey(str(exc)) from exc
+            if isinstance(exc, sqlite3.Error):
                 raise StorageError(f"records database {self.db_path}: {exc}") from exc
             raise
         finally:
@@ -477,9 +484,11 @@ class Records(SQLiteJobRows):
                 conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
     @staticmethod
-    def _feedback_row(conn: sqlite3.Connection, feedback_id: str) -> FeedbackEvent:
+    def _feedback_row(
+        conn: sqlite3.Connection, feedback_id: str, for_update: str = ""
+    ) -> FeedbackEvent:
         row = conn.execute(
-            f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE id = ?", (feedback_id,)
+            f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE id = ?{for_update}", (feedback_id,)
         ).fetchone()
         if row is None:
             raise NotFound(f"no feedback with id {feedback_id!r} is recorded")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from claas_cli import adapters, chat, demo, feedback, jobs, tools
+from claas_cli import adapters, chat, demo, feedback, jobs, tools, worker
 from claas_cli.context import CliState
 from claas_cli.output import ClaasGroup, Output
 
@@ -61,6 +61,7 @@ app.add_typer(adapters.app, name="adapters")
 app.add_typer(jobs.app, name="jobs")
 app.command()(tools.models)
 app.command()(tools.serve)
+app.command()(worker.worker)
 app.command(
     "eval",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

@@ -39,6 +39,13 @@ def serve(
         Literal["critical", "error", "warning", "info", "debug"],
         typer.Option(help="Server log level."),
     ] = "info",
+    worker: Annotated[
+        bool,
+        typer.Option(
+            help="Apply feedback jobs in this process too; --no-worker leaves them to "
+            "`claas worker` processes on the same database."
+        ),
+    ] = True,
 ) -> None:
     """Run the OpenAI-compatible HTTP API (needs the claas-server package)."""
     module = _import_optional(
@@ -51,6 +58,7 @@ def serve(
         port=port,
         allow_remote=allow_remote,
         log_level=log_level,
+        worker=worker,
     )
 
 

@@ -176,7 +176,7 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any]]:
 def _headers(status: int) -> dict[str, str] | None:
     if status == 401:
         return {"WWW-Authenticate": "Bearer"}
-    if status == 429:
+    if status in (429, 503):  # a full queue, or a backend or the records database down
         return {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return None
 

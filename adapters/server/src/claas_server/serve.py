@@ -52,6 +52,7 @@ def serve(
     port: int = 8080,
     allow_remote: bool = False,
     log_level: str = "info",
+    worker: bool = True,
 ) -> None:
     """Serve the API and dashboard until interrupted.
 
@@ -61,6 +62,8 @@ def serve(
         port: TCP port.
         allow_remote: Listen beyond loopback even without API keys.
         log_level: uvicorn's log level.
+        worker: Apply feedback jobs in this process; ``False`` serves the API
+            only, beside ``claas worker`` processes on the same database.
 
     Raises:
         InvalidConfig: A non-loopback host without keys and without permission.
@@ -71,5 +74,7 @@ def serve(
 
     settings = settings if settings is not None else Settings.load()
     check_host(settings, host, allow_remote=allow_remote)
+    if not worker:
+        settings = settings.evolve(jobs={"worker": "off"})
     app = create_app(settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
