@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from claas.errors import CompletionNotFound, Conflict, InvalidRequest, NotFound, StorageError
-from claas.records import FeedbackEvent, LineageEntry, Records, RollbackEvent
+from claas.records import SCHEMA_VERSION, FeedbackEvent, LineageEntry, Records, RollbackEvent
 from claas.types import AdapterVersion, ChatMessage, Completion
 
 
@@ -217,7 +217,7 @@ def test_restart_sees_everything(tmp_path: Path) -> None:
         assert [row.version for row in second.lineage("team/helper")] == [0]
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -297,5 +297,5 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert [e.id for e in records.pending_feedback()] == ["fb-old"]
         assert records.job_counts()["queued"] == 0
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     Records(path).close()  # opening again migrates nothing twice

@@ -31,6 +31,8 @@ from claas.errors import InvalidConfig
 
 __all__ = [
     "DEFAULT_BASE_MODEL",
+    "FOLLOWUP_SKIP_BELOW",
+    "FollowupSettings",
     "JobSettings",
     "ModalSettings",
     "ServerSettings",
@@ -40,6 +42,10 @@ __all__ = [
 ]
 
 DEFAULT_BASE_MODEL = "bundled:smollm2-135m-instruct"
+# Mean per-token teacher-student divergence (the SDPO distill loss before the
+# first step) under which a follow-up teaches nothing; measured on the bundled
+# model (docs/concepts/followups.md).
+FOLLOWUP_SKIP_BELOW = 0.02
 BuiltinBackend = Literal["local", "vllm", "tinker", "fake"]
 BuiltinEngine = Literal["local", "tinker", "modal", "fake"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -73,6 +79,11 @@ def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: Any)
 def _positive_number(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
         raise _error(_name(instance, attribute), value, "must be a positive number of seconds")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise _error(_name(instance, attribute), value, "must be a number >= 0")
 
 
 def _choice(choices: tuple[str, ...]) -> Any:
@@ -246,6 +257,29 @@ class JobSettings:
 
 
 @attrs.frozen(kw_only=True)
+class FollowupSettings:
+    """Learning from follow-up messages (``settings.followups``); flat names have no prefix.
+
+    Attributes:
+        learn_from_followups: The ``learn_from_followups`` setting of adapters
+            created without one (each adapter's own setting wins).
+        followup_template: How a follow-up is shown to the teacher, with the
+            fields ``{content}`` and ``{feedback}``; ``None`` uses
+            :data:`claas.teacher.FOLLOWUP_TEMPLATE`.
+        followup_skip_below: A follow-up job whose teacher-student divergence,
+            measured before training, is below this is ``skipped`` (no new
+            version); 0 trains on every follow-up.
+    """
+
+    section: ClassVar[str] = "followups"
+    flat_prefix: ClassVar[str] = ""
+
+    learn_from_followups: bool = False
+    followup_template: str | None = attrs.field(default=None, validator=_check_template)
+    followup_skip_below: float = attrs.field(default=FOLLOWUP_SKIP_BELOW, validator=_non_negative)
+
+
+@attrs.frozen(kw_only=True)
 class ServerSettings:
     """What the HTTP server enforces (``settings.server``); flat names have no prefix.
 
@@ -267,7 +301,14 @@ class ServerSettings:
     max_request_bytes: int = attrs.field(default=1_000_000, validator=_positive_int)
 
 
-_SECTION_RECORDS = (VllmSettings, TinkerSettings, ModalSettings, ServerSettings, JobSettings)
+_SECTION_RECORDS = (
+    VllmSettings,
+    TinkerSettings,
+    ModalSettings,
+    ServerSettings,
+    JobSettings,
+    FollowupSettings,
+)
 _SECTIONS: dict[str, type] = {cls.section: cls for cls in _SECTION_RECORDS}
 # Flat name (``vllm_url``, ``api_keys``) -> (section, field).
 _FLAT: dict[str, tuple[str, str]] = {
@@ -320,6 +361,7 @@ class Settings:
         modal: The ``modal`` engine's app (:class:`ModalSettings`).
         server: The HTTP server's keys and limits (:class:`ServerSettings`).
         jobs: The feedback-job queue and its worker (:class:`JobSettings`).
+        followups: Learning from follow-up messages (:class:`FollowupSettings`).
     """
 
     data_dir: Path = attrs.field(factory=_default_data_dir, converter=_to_path)
@@ -345,6 +387,9 @@ class Settings:
     modal: ModalSettings = attrs.field(factory=ModalSettings, validator=_record(ModalSettings))
     server: ServerSettings = attrs.field(factory=ServerSettings, validator=_record(ServerSettings))
     jobs: JobSettings = attrs.field(factory=JobSettings, validator=_record(JobSettings))
+    followups: FollowupSettings = attrs.field(
+        factory=FollowupSettings, validator=_record(FollowupSettings)
+    )
 
     @base_model.validator
     def _check_base_model(self, attribute: attrs.Attribute[str], value: str) -> None:

@@ -225,6 +225,31 @@ class LocalTrainer:
             self._pending = (parent.adapter_id, parent.version)
             return DistillResult(metrics=metrics, steps=config.steps, tokens=int(metrics["tokens"]))
 
+    def divergence(
+        self,
+        samples: Sequence[DistillSample],
+        *,
+        parent: AdapterVersion,
+        config: DistillConfig,
+        remote_teacher: Sequence[TeacherTopKLists] | None = None,
+    ) -> float:
+        """The first step's ``distill_loss`` from forward passes only (the skip pre-check)."""
+        with self._lock:
+            lora = LoraSpec(**parent.lora) if parent.lora else LoraSpec()
+            slot = self._slot(lora)
+            self._load_parent(parent, slot, config)
+            batch = collate(samples, device=self._device)
+            with torch.no_grad():
+                teacher = (
+                    remote_teacher_topk(remote_teacher, batch, device=self._device)
+                    if remote_teacher is not None
+                    else self._teacher_topk(batch, config)
+                )
+                _, metrics = self._loss(batch, teacher, config, None)
+            # Nothing changed the weights: the next distill from this parent reuses them.
+            self._loaded = (parent.adapter_id, parent.version)
+            return metrics["distill_loss"]
+
     def _run_steps(
         self,
         batch: Batch,

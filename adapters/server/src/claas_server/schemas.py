@@ -468,7 +468,10 @@ class JobInfo(_Response):
 
     ``status`` moves from ``queued`` to ``running`` and ends ``applied`` (with
     ``version``), ``failed``, ``rejected`` (the guard kept the candidate from going
-    live) or ``cancelled``. Non-finite metrics and timings are ``null``.
+    live), ``cancelled`` or ``skipped`` (the pre-check found too little
+    teacher-student divergence to learn from: no new version,
+    ``metrics.precheck_divergence`` says how much). Non-finite metrics and
+    timings are ``null``.
     """
 
     id: str = Field(description="`job-...`")
