@@ -95,8 +95,11 @@ class Followups:
         """Submit the follow-up's feedback job; record the job, or why it was refused."""
         item = CompletionFeedback(completion_id=link.completion_id, text=link.text)
         items: list[Feedback] = [item]
+        followups = self._settings.followups
         config = DistillConfig(
-            hindsight="followup", skip_below=self._settings.followups.followup_skip_below
+            hindsight="followup",
+            skip_below=followups.followup_skip_below,
+            skip_reference=followups.followup_reference,
         )
         try:
             job = self._submit(

@@ -2,7 +2,10 @@
 
 Before training, the engine measures the mean per-token divergence between
 the teacher (shown the hindsight text) and the student on the response, with
-forward passes only. When the text asks for nothing different (a neutral
+forward passes only; or, with ``DistillConfig.skip_reference``, between that
+teacher and the teacher shown a neutral reference text, so that what any
+hindsight block does to a small model's predictions is not counted as
+something to learn. When the text asks for nothing different (a neutral
 follow-up such as "Thanks. Next question."), the two agree and the update
 would be near zero: below ``DistillConfig.skip_below`` the job ends
 ``skipped`` and no version is published.
@@ -10,7 +13,7 @@ would be near zero: below ``DistillConfig.skip_below`` the job ends
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -45,12 +48,21 @@ def precheck(
     parent: AdapterVersion,
     config: DistillConfig,
     remote: Sequence[TeacherTopKLists] | None,
+    reference: Callable[[], Sequence[DistillSample]],
 ) -> float | None:
     """The divergence to compare with ``config.skip_below`` (``None``: no pre-check).
 
     No pre-check runs when ``skip_below`` is 0 or the engine cannot measure
     without training (it is not a :class:`~claas.training.base.DivergenceProbe`).
+    With ``config.skip_reference`` set, ``reference()`` builds the samples of
+    the same responses with that neutral text as the feedback.
     """
     if config.skip_below <= 0 or not isinstance(engine, DivergenceProbe):
         return None
-    return engine.divergence(samples, parent=parent, config=config, remote_teacher=remote)
+    return engine.divergence(
+        samples,
+        parent=parent,
+        config=config,
+        remote_teacher=remote,
+        reference=reference() if config.skip_reference else None,
+    )

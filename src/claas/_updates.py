@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+
+import attrs
 
 from claas._adapter_locks import AdapterLocks
 from claas._components import Components
@@ -167,7 +169,12 @@ class Updates:
         scorer = self.teacher_scorer(config)
         target, samples = self.prepare(items, jobs[0].adapter_id, hindsight=config.hindsight)
         accepted = min(job.accepted for job in jobs)
-        return self._apply(target, feedback_ids, samples, config, scorer, accepted)
+
+        def reference() -> list[DistillSample]:
+            neutral = [attrs.evolve(item, text=config.skip_reference) for item in items]
+            return self.prepare(neutral, target, hindsight=config.hindsight)[1]
+
+        return self._apply(target, feedback_ids, samples, config, scorer, accepted, reference)
 
     def _published(self, adapter_id: str, feedback_ids: list[str]) -> AdapterVersion | None:
         """The stored version that already learned ``feedback_ids``, if one does."""
@@ -263,6 +270,7 @@ class Updates:
         config: DistillConfig,
         scorer: TeacherScorer | None,
         accepted: float,
+        reference: Callable[[], list[DistillSample]],
     ) -> tuple[FeedbackResult | Skipped, str | None]:
         """Pre-check, train, save, go live: one update, in named steps (``accepted``: unix time).
 
@@ -273,7 +281,7 @@ class Updates:
         started = time.time()
         parent = self._store.get(adapter_id)
         remote = scorer.teacher_topk(samples, k=config.top_k) if scorer is not None else None
-        divergence = precheck(self._parts.engine, samples, parent, config, remote)
+        divergence = precheck(self._parts.engine, samples, parent, config, remote, reference)
         if divergence is not None and divergence < config.skip_below:
             return Skipped(
                 adapter_id=adapter_id,

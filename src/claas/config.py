@@ -266,9 +266,12 @@ class FollowupSettings:
         followup_template: How a follow-up is shown to the teacher, with the
             fields ``{content}`` and ``{feedback}``; ``None`` uses
             :data:`claas.teacher.FOLLOWUP_TEMPLATE`.
-        followup_skip_below: A follow-up job whose teacher-student divergence,
-            measured before training, is below this is ``skipped`` (no new
-            version); 0 trains on every follow-up.
+        followup_skip_below: A follow-up job whose divergence, measured before
+            training, is below this is ``skipped`` (no new version); 0 trains
+            on every follow-up.
+        followup_reference: The neutral reply the pre-check compares a
+            follow-up with: the divergence is between the teacher shown the
+            follow-up and the teacher shown this text (``""``: the student).
     """
 
     section: ClassVar[str] = "followups"
@@ -277,6 +280,7 @@ class FollowupSettings:
     learn_from_followups: bool = False
     followup_template: str | None = attrs.field(default=None, validator=_check_template)
     followup_skip_below: float = attrs.field(default=FOLLOWUP_SKIP_BELOW, validator=_non_negative)
+    followup_reference: str = "OK."
 
 
 @attrs.frozen(kw_only=True)

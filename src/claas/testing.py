@@ -287,6 +287,7 @@ class FakeTrainer:
         parent: AdapterVersion,
         config: DistillConfig,
         remote_teacher: Sequence[TeacherTopKLists] | None = None,
+        reference: Sequence[DistillSample] | None = None,
     ) -> float:
         """The fixed divergence this fake was built with."""
         return self.fixed_divergence

@@ -236,8 +236,10 @@ class DistillConfig:
         hindsight: How the teacher is shown the text: ``feedback`` (an explicit
             critique) or ``followup`` (the user's next message).
         skip_below: Skip the update (job ``skipped``, no new version) when the
-            teacher-student divergence measured before training is below this;
-            0 never skips.
+            divergence measured before training is below this; 0 never skips.
+        skip_reference: What the pre-check compares the teacher with: ``""``
+            the student; a text, the teacher shown that neutral text instead
+            (so only what the feedback says beyond it counts).
     """
 
     learning_rate: float = attrs.field(default=1e-4, validator=_positive("DistillConfig"))
@@ -263,6 +265,7 @@ class DistillConfig:
         default="feedback", validator=_one_of("DistillConfig", get_args(Hindsight))
     )
     skip_below: float = attrs.field(default=0.0, validator=_non_negative("DistillConfig"))
+    skip_reference: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready mapping."""

@@ -76,10 +76,13 @@ class DivergenceProbe(Protocol):
         parent: AdapterVersion,
         config: DistillConfig,
         remote_teacher: Sequence[TeacherTopKLists] | None = None,
+        reference: Sequence[DistillSample] | None = None,
     ) -> float:
-        """The mean per-token teacher-student divergence of ``samples`` under ``parent``.
+        """The mean per-token divergence of the teacher of ``samples`` under ``parent``.
 
-        The value the first step's ``distill_loss`` would report, from forward
-        passes only (no backward, no optimizer step, nothing written).
+        From the student: the value the first step's ``distill_loss`` would
+        report. With ``reference`` (the same responses, the teacher shown a
+        neutral text), from that reference teacher instead. Forward passes
+        only: no backward, no optimizer step, nothing written.
         """
         ...
