@@ -50,7 +50,7 @@ HELD_OUT = (
 )
 TOO_LONG = "That's too long. One sentence, please."
 NEUTRAL = "Thanks. Next question."
-ANSWER_TOKENS = 80
+ANSWER_TOKENS = 64
 
 
 def _held_out_tokens(learner: Learner, adapter: str) -> int:
