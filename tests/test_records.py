@@ -27,7 +27,14 @@ from claas.errors import (
     NotFound,
     StorageError,
 )
-from claas.records import FeedbackEvent, LineageEntry, Records, RecordsBackend, RollbackEvent
+from claas.records import (
+    SCHEMA_VERSION,
+    FeedbackEvent,
+    LineageEntry,
+    Records,
+    RecordsBackend,
+    RollbackEvent,
+)
 from claas.types import AdapterVersion, ChatMessage, Completion
 
 
@@ -250,7 +257,7 @@ def test_restart_sees_everything(open_db: Opener, database: str | None, tmp_path
         return
     with sqlite3.connect(tmp_path / "db" / "records.sqlite3") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -329,7 +336,7 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert [e.id for e in records.pending_feedback()] == ["fb-old"]
         assert records.job_counts()["queued"] == 0
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     Records(path).close()  # opening again migrates nothing twice
 
 
@@ -413,3 +420,49 @@ def test_postgres_unreachable_is_backend_unavailable() -> None:
         port = probe.getsockname()[1]
     with pytest.raises(BackendUnavailable, match="unavailable"):
         PostgresRecords(f"postgresql://claas@127.0.0.1:{port}/x", connect_timeout=1.0)
+
+
+def test_followup_links_and_adapter_settings(open_db: Opener) -> None:
+    """Exact matching by conversation key, one link per follow-up however many
+    processes record it at once, and per-adapter settings replaced in place."""
+    from claas.followups import AdapterSettings, FollowUp, conversation_key, followup_id
+
+    records = open_db()
+    served = completion()
+    records.add_completion(served)
+    key = conversation_key(served.adapter_id, served.messages, served.text)
+    other_key = conversation_key("other/tenant", served.messages, served.text)
+    assert records.match_completions("team/helper", [key, other_key]) == {key: served.id}
+    assert records.match_completions("other/tenant", [key, other_key]) == {}
+
+    link = FollowUp(
+        id=followup_id(served.id, "Shorter."),
+        completion_id=served.id,
+        adapter_id=served.adapter_id,
+        text="Shorter.",
+        created=5.0,
+    )
+    outcomes: list[bool] = []
+    errors: list[BaseException] = []
+
+    def record() -> None:
+        try:
+            outcomes.append(open_db().add_followup(link)[1])
+        except BaseException as exc:  # surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=record) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and sorted(outcomes) == [False] * 5 + [True]
+    updated = records.set_followup_job(link.id, job_id="job-1", error=None)
+    assert updated.job_id == "job-1"
+    assert records.followups("team/helper") == [updated]
+    assert records.followups(completion_id="nope") == []
+
+    assert records.adapter_settings("team/helper") is None
+    records.set_adapter_settings("team/helper", AdapterSettings(learn_from_followups=True))
+    records.set_adapter_settings("team/helper", AdapterSettings(learn_from_followups=False))
+    assert records.adapter_settings("team/helper") == AdapterSettings(learn_from_followups=False)

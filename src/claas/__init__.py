@@ -19,6 +19,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from claas.config import (
+    FollowupSettings,
     JobSettings,
     ModalSettings,
     ServerSettings,
@@ -48,6 +49,7 @@ from claas.errors import (
     TrainingError,
     VersionNotFound,
 )
+from claas.followups import AdapterSettings, FollowUp
 from claas.learner_like import LearnerLike
 from claas.types import (
     AdapterSummary,
@@ -73,6 +75,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterExists",
     "AdapterNotFound",
+    "AdapterSettings",
     "AdapterSummary",
     "AdapterVersion",
     "BackendUnavailable",
@@ -88,6 +91,8 @@ __all__ = [
     "DistillResult",
     "Feedback",
     "FeedbackResult",
+    "FollowUp",
+    "FollowupSettings",
     "IdempotencyConflict",
     "InvalidAdapterId",
     "InvalidConfig",

@@ -1,15 +1,20 @@
-"""Building the record of a served completion from a backend's generation."""
+"""Building the record of a served completion from a backend's generation, and scoring."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 
 from claas.config import Settings
-from claas.inference.base import Generation
+from claas.errors import InvalidRequest
+from claas.inference.base import Generation, InferenceBackend, StreamDelta
+from claas.learner_like import MessagesLike
+from claas.results import ChatStream, Score
+from claas.teacher import ChatTokenizer, encode_chat
 from claas.thinking import visible_text
-from claas.types import AdapterVersion, ChatMessage, Completion
+from claas.types import AdapterVersion, ChatMessage, Completion, messages_from_dicts
 
-__all__ = ["completion_of"]
+__all__ = ["completion_of", "score_response", "stream_of"]
 
 
 def completion_of(
@@ -36,3 +41,56 @@ def completion_of(
         top_logprobs=generation.top_logprobs,
         thinking=settings.thinking,
     )
+
+
+def score_response(
+    inference: InferenceBackend,
+    tokenizer: ChatTokenizer,
+    version: AdapterVersion | None,
+    messages: MessagesLike,
+    response: str,
+    settings: Settings,
+) -> Score:
+    """Logprobs of ``response`` answering ``messages`` under ``version`` (``Learner.score``)."""
+    if not isinstance(response, str) or not response:
+        raise InvalidRequest("response must be a non-empty string")
+    chat_messages = messages_from_dicts(messages)
+    prompt_ids = encode_chat(tokenizer, chat_messages, thinking=settings.thinking)
+    response_ids = [int(i) for i in tokenizer.encode(response, add_special_tokens=False)]
+    logprobs = inference.score(prompt_ids, response_ids, adapter=version)
+    return Score(
+        adapter_id=version.adapter_id if version else None,
+        adapter_version=version.version if version else None,
+        token_ids=tuple(response_ids),
+        logprobs=tuple(logprobs),
+    )
+
+
+def stream_of(
+    completion_id: str,
+    version: AdapterVersion | None,
+    deltas: Iterator[StreamDelta],
+    record: Callable[[str, Generation], Completion],
+) -> ChatStream:
+    """The :class:`ChatStream` over a backend's deltas (``Learner.chat_stream``).
+
+    The first delta is taken here, so request errors raise before any text; the
+    final generation is recorded with ``record(completion_id, generation)``.
+    """
+    first = next(deltas)
+    stream = ChatStream(completion_id, version.version if version else None, iter(()))
+
+    def text() -> Iterator[str]:
+        for delta in _chain(first, deltas):
+            if delta.generation is not None:
+                stream.completion = record(stream.id, delta.generation)
+            elif delta.text:
+                yield delta.text
+
+    stream._deltas = text()
+    return stream
+
+
+def _chain(first: StreamDelta, rest: Iterator[StreamDelta]) -> Iterator[StreamDelta]:
+    yield first
+    yield from rest

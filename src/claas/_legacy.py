@@ -7,12 +7,13 @@ It can be replayed when it names a completion; raw feedback cannot be.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 from claas.records.base import FeedbackEvent, RecordsBackend
 from claas.types import FeedbackResult
 
-__all__ = ["replay_events"]
+__all__ = ["replay_events", "warn_resume_deprecated"]
 
 
 def replay_events(
@@ -34,3 +35,12 @@ def replay_events(
         )
         results.append(result)
     return results
+
+
+def warn_resume_deprecated() -> None:
+    """Warn the caller of ``Learner.resume_interrupted`` that it is deprecated."""
+    warnings.warn(
+        "resume_interrupted is deprecated: interrupted feedback jobs recover on their own",
+        DeprecationWarning,
+        stacklevel=3,
+    )

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+import attrs
+
 from claas._adapter_locks import AdapterLocks
 from claas._components import Components
+from claas._precheck import Skipped, precheck
 from claas._scratch import move_contents, update_workdir
 from claas.config import Settings
 from claas.errors import (
@@ -32,7 +35,13 @@ from claas.jobs.model import FeedbackJob, JobPayload, QueueLimits, check_idempot
 from claas.records import NewFeedback, RecordsBackend
 from claas.records.base import DatabaseUnavailable
 from claas.storage import AdapterStore
-from claas.teacher import HINDSIGHT_TEMPLATE, DistillSample, build_sample, build_sample_from_text
+from claas.teacher import (
+    FOLLOWUP_TEMPLATE,
+    HINDSIGHT_TEMPLATE,
+    DistillSample,
+    build_sample,
+    build_sample_from_text,
+)
 from claas.types import (
     AdapterVersion,
     CompletionFeedback,
@@ -80,7 +89,7 @@ class Updates:
         """
         key = check_idempotency_key(idempotency_key)
         self.teacher_scorer(config)
-        target, _ = self.prepare(items, adapter_id)
+        target, _ = self.prepare(items, adapter_id, hindsight=config.hindsight)
         payload = JobPayload(items=tuple(items), adapter_id=target, config=config.to_dict())
         feedback = [
             NewFeedback(
@@ -147,6 +156,15 @@ class Updates:
                 error_code=error_code(exc),
                 worker=worker,
             )
+        if isinstance(result, Skipped):
+            return self._records.finish_jobs(
+                ids,
+                status="skipped",
+                parent_version=result.parent_version,
+                metrics={"precheck_divergence": result.divergence},
+                error=result.reason,
+                worker=worker,
+            )
         return self._records.finish_jobs(
             ids,
             status="applied",
@@ -160,15 +178,22 @@ class Updates:
 
     def _apply_jobs(
         self, jobs: Sequence[FeedbackJob], feedback_ids: list[str]
-    ) -> tuple[FeedbackResult, str | None]:
+    ) -> tuple[FeedbackResult | Skipped, str | None]:
         payloads = [JobPayload.from_json(self._records.job_payload(job.id)) for job in jobs]
         config = DistillConfig.from_dict(payloads[0].config)
         items = [item for payload in payloads for item in payload.items]
         scorer = self.teacher_scorer(config)
-        target, samples = self.prepare(items, jobs[0].adapter_id)
+        target, samples = self.prepare(items, jobs[0].adapter_id, hindsight=config.hindsight)
         accepted = min(job.accepted for job in jobs)
+
+        def reference() -> list[DistillSample]:
+            neutral = [attrs.evolve(item, text=config.skip_reference) for item in items]
+            return self.prepare(neutral, target, hindsight=config.hindsight)[1]
+
         fence = publish_fence(self._records, self._store, jobs)
-        return self._apply(target, feedback_ids, samples, config, scorer, accepted, fence)
+        return self._apply(
+            target, feedback_ids, samples, config, scorer, accepted, reference, fence
+        )
 
     def _published(self, adapter_id: str, feedback_ids: list[str]) -> AdapterVersion | None:
         """The stored version that already learned ``feedback_ids``, if one does."""
@@ -189,9 +214,13 @@ class Updates:
         return backend
 
     def prepare(
-        self, items: Sequence[Feedback], adapter_id: str | None
+        self, items: Sequence[Feedback], adapter_id: str | None, *, hindsight: str = "feedback"
     ) -> tuple[str, list[DistillSample]]:
-        """Validate every item and build its sample before anything is recorded."""
+        """Validate every item and build its sample before anything is recorded.
+
+        ``hindsight``: ``feedback`` shows the text to the teacher as a critique,
+        ``followup`` as the user's next message (each with its own template).
+        """
         if not items:
             raise InvalidRequest("no feedback items given")
         if len(items) > self._settings.max_batch:
@@ -204,7 +233,7 @@ class Updates:
                     f"feedback is {len(item.text)} characters; the limit is "
                     f"{self._settings.max_feedback_chars}"
                 )
-            target, sample = self._sample(item, adapter_id)
+            target, sample = self._sample(item, adapter_id, self._template(hindsight))
             targets.add(target)
             samples.append(sample)
         if len(targets) != 1:
@@ -214,9 +243,15 @@ class Updates:
             raise AdapterNotFound(f"adapter {target!r} does not exist")
         return target, samples
 
-    def _sample(self, item: Feedback, adapter_id: str | None) -> tuple[str, DistillSample]:
+    def _template(self, hindsight: str) -> str:
+        if hindsight == "followup":
+            return self._settings.followups.followup_template or FOLLOWUP_TEMPLATE
+        return self._settings.teacher_template or HINDSIGHT_TEMPLATE
+
+    def _sample(
+        self, item: Feedback, adapter_id: str | None, template: str
+    ) -> tuple[str, DistillSample]:
         limit = self._settings.max_prompt_tokens + self._settings.max_new_tokens
-        template = self._settings.teacher_template or HINDSIGHT_TEMPLATE
         if isinstance(item, CompletionFeedback):
             completion = self._records.get_completion(item.completion_id)
             target = adapter_id or completion.adapter_id
@@ -250,18 +285,28 @@ class Updates:
         config: DistillConfig,
         scorer: TeacherScorer | None,
         accepted: float,
+        reference: Callable[[], list[DistillSample]],
         fence: Callable[[], None] = lambda: None,
-    ) -> tuple[FeedbackResult, str | None]:
-        """Train, save, go live: one update, in named steps (``accepted``: unix time).
+    ) -> tuple[FeedbackResult | Skipped, str | None]:
+        """Pre-check, train, save, go live: one update, in named steps (``accepted``: unix time).
 
         ``fence`` runs under the store's lock just before the version is written.
 
         Returns:
-            The result and why serving lags behind the store, if it does.
+            The result (or why there was nothing to learn) and why serving lags
+            behind the store, if it does.
         """
         started = time.time()
         parent = self._store.get(adapter_id)
         remote = scorer.teacher_topk(samples, k=config.top_k) if scorer is not None else None
+        divergence = precheck(self._parts.engine, samples, parent, config, remote, reference)
+        if divergence is not None and divergence < config.skip_below:
+            return Skipped(
+                adapter_id=adapter_id,
+                parent_version=parent.version,
+                divergence=divergence,
+                threshold=config.skip_below,
+            ), None
         with update_workdir(self._scratch) as work:
             result = self._train(samples, parent, config, work, remote)
             trained = time.time()
@@ -281,7 +326,7 @@ class Updates:
             adapter_id=adapter_id,
             version=version.version,
             parent_version=parent.version,
-            metrics=dict(result.metrics),
+            metrics=_with_precheck(result.metrics, divergence),
             timings=timings,
         ), publish_error
 
@@ -356,6 +401,11 @@ class Updates:
         except BackendUnavailable as exc:
             return f"published to the store; serving backend unavailable: {exc}"
         return None
+
+
+def _with_precheck(metrics: Mapping[str, float], divergence: float | None) -> dict[str, float]:
+    found = {} if divergence is None else {"precheck_divergence": divergence}
+    return {**metrics, **found}
 
 
 def _retried(jobs: Sequence[FeedbackJob]) -> bool:

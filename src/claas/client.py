@@ -40,6 +40,7 @@ except ImportError as exc:  # the optional extra is not installed
 
     raise missing_extra("httpx", "client") from exc
 
+from claas._client_followups import FollowupCalls
 from claas._client_wire import (
     AUTH_FAILED,
     attachment_name,
@@ -87,7 +88,7 @@ _MAX_POLL = 60.0  # the server's longest long poll (GET /v1/feedback/{id}?wait=)
 _MAX_LIST = 500  # the server's largest page of jobs or events
 
 
-class Client:
+class Client(FollowupCalls):
     """A CLaaS server's use cases as plain calls, like :class:`claas.Learner`'s.
 
     Args:
@@ -170,8 +171,11 @@ class Client:
         dropout: float = _LORA.dropout,
         target_modules: Sequence[str] = _LORA.target_modules,
         exist_ok: bool = False,
+        learn_from_followups: bool | None = None,
     ) -> AdapterVersion:
         """Create an adapter whose version 0 equals the base model (``POST /v1/adapters``).
+
+        ``learn_from_followups``: as :meth:`claas.Learner.init_adapter`.
 
         Raises:
             InvalidAdapterId: If the id is not ``namespace/name``.
@@ -180,7 +184,12 @@ class Client:
         """
         split_adapter_id(adapter_id)
         lora = LoraSpec(rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules)
-        body = {"adapter_id": adapter_id, **lora.to_dict(), "exist_ok": exist_ok}
+        body = {
+            "adapter_id": adapter_id,
+            **lora.to_dict(),
+            "exist_ok": exist_ok,
+            "learn_from_followups": learn_from_followups,
+        }
         return version_from(self._json("POST", "/v1/adapters", json=body))
 
     def adapters(self, namespace: str | None = None) -> list[str]:

@@ -31,6 +31,8 @@ from claas.errors import InvalidConfig
 
 __all__ = [
     "DEFAULT_BASE_MODEL",
+    "FOLLOWUP_SKIP_BELOW",
+    "FollowupSettings",
     "JobSettings",
     "ModalSettings",
     "ServerSettings",
@@ -40,6 +42,12 @@ __all__ = [
 ]
 
 DEFAULT_BASE_MODEL = "bundled:smollm2-135m-instruct"
+# Mean per-token divergence (the SDPO distill loss, no training step) between the
+# teacher shown a follow-up and the teacher shown the neutral reference reply,
+# under which the follow-up teaches nothing. On the bundled model "Thanks. Next
+# question." measured 0.0006 and 0.0012, "That's too long. One sentence,
+# please." 0.0027 and 0.0025 (docs/concepts/followups.md).
+FOLLOWUP_SKIP_BELOW = 0.0018
 BuiltinBackend = Literal["local", "vllm", "tinker", "fake"]
 BuiltinEngine = Literal["local", "tinker", "modal", "fake"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -73,6 +81,11 @@ def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: Any)
 def _positive_number(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
         raise _error(_name(instance, attribute), value, "must be a positive number of seconds")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise _error(_name(instance, attribute), value, "must be a number >= 0")
 
 
 def _choice(choices: tuple[str, ...]) -> Any:
@@ -257,6 +270,33 @@ class JobSettings:
 
 
 @attrs.frozen(kw_only=True)
+class FollowupSettings:
+    """Learning from follow-up messages (``settings.followups``); flat names have no prefix.
+
+    Attributes:
+        learn_from_followups: The ``learn_from_followups`` setting of adapters
+            created without one (each adapter's own setting wins).
+        followup_template: How a follow-up is shown to the teacher, with the
+            fields ``{content}`` and ``{feedback}``; ``None`` uses
+            :data:`claas.teacher.FOLLOWUP_TEMPLATE`.
+        followup_skip_below: A follow-up job whose divergence, measured before
+            training, is below this is ``skipped`` (no new version); 0 trains
+            on every follow-up.
+        followup_reference: The neutral reply the pre-check compares a
+            follow-up with: the divergence is between the teacher shown the
+            follow-up and the teacher shown this text (``""``: the student).
+    """
+
+    section: ClassVar[str] = "followups"
+    flat_prefix: ClassVar[str] = ""
+
+    learn_from_followups: bool = False
+    followup_template: str | None = attrs.field(default=None, validator=_check_template)
+    followup_skip_below: float = attrs.field(default=FOLLOWUP_SKIP_BELOW, validator=_non_negative)
+    followup_reference: str = "OK."
+
+
+@attrs.frozen(kw_only=True)
 class ServerSettings:
     """What the HTTP server enforces (``settings.server``); flat names have no prefix.
 
@@ -278,7 +318,14 @@ class ServerSettings:
     max_request_bytes: int = attrs.field(default=1_000_000, validator=_positive_int)
 
 
-_SECTION_RECORDS = (VllmSettings, TinkerSettings, ModalSettings, ServerSettings, JobSettings)
+_SECTION_RECORDS = (
+    VllmSettings,
+    TinkerSettings,
+    ModalSettings,
+    ServerSettings,
+    JobSettings,
+    FollowupSettings,
+)
 _SECTIONS: dict[str, type] = {cls.section: cls for cls in _SECTION_RECORDS}
 # Flat name (``vllm_url``, ``api_keys``) -> (section, field).
 _FLAT: dict[str, tuple[str, str]] = {
@@ -333,6 +380,7 @@ class Settings:
         jobs: The feedback-job queue and its worker (:class:`JobSettings`).
         database_url: A ``postgresql://`` URL: records and job queue in
             PostgreSQL, shared by many processes (``None``: SQLite in the data dir).
+        followups: Learning from follow-up messages (:class:`FollowupSettings`).
     """
 
     data_dir: Path = attrs.field(factory=_default_data_dir, converter=_to_path)
@@ -359,6 +407,9 @@ class Settings:
     server: ServerSettings = attrs.field(factory=ServerSettings, validator=_record(ServerSettings))
     jobs: JobSettings = attrs.field(factory=JobSettings, validator=_record(JobSettings))
     database_url: str | None = attrs.field(default=None, validator=_check_database_url, repr=False)
+    followups: FollowupSettings = attrs.field(
+        factory=FollowupSettings, validator=_record(FollowupSettings)
+    )
 
     @base_model.validator
     def _check_base_model(self, attribute: attrs.Attribute[str], value: str) -> None:

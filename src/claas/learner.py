@@ -11,33 +11,32 @@ records are the learner's own: adapters (server, CLI) ask the learner, never the
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import uuid
-import warnings
 import weakref
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from claas._adapter_locks import AdapterLocks
-from claas._chat import completion_of
+from claas._chat import completion_of, score_response, stream_of
 from claas._cluster import follow_published
 from claas._components import Components
-from claas._legacy import replay_events
+from claas._followups import Followups
+from claas._legacy import replay_events, warn_resume_deprecated
 from claas._scratch import sweep_scratch
 from claas._updates import Updates
 from claas.config import Settings
-from claas.errors import InvalidRequest, NotFound
+from claas.errors import AdapterNotFound
+from claas.followups import AdapterSettings, FollowUp
 from claas.inference.base import Generation, InferenceBackend
 from claas.jobs.model import FeedbackJob, JobStatus
 from claas.jobs.service import JobListener, JobService, result_of
 from claas.learner_like import MessagesLike
 from claas.records import FeedbackEvent, LineageEntry, RecordsBackend, RollbackEvent, open_records
 from claas.results import ChatStream, Score
-from claas.storage import AdapterStore, LocalAdapterStore, summarize
-from claas.teacher import ChatTokenizer, encode_chat
+from claas.storage import AdapterStore, LocalAdapterStore, summarize, summarize_all
+from claas.teacher import ChatTokenizer
 from claas.training.base import TrainingEngine
 from claas.types import (
     AdapterSummary,
@@ -58,7 +57,6 @@ __all__ = ["ChatStream", "Learner", "Score"]
 
 ConfigLike = DistillConfig | Mapping[str, object] | None
 _LORA = LoraSpec()
-_D = TypeVar("_D")
 
 
 class Learner:
@@ -106,6 +104,7 @@ class Learner:
         sweep_scratch(self._scratch)
         self._jobs = JobService(self.settings, self._records, self._updates.run)
         follow_published(self._records, self._store, self._updates.publish_quietly)
+        self._followups = Followups(self.settings, self._records, self.submit_feedback_batch)
         weakref.finalize(self, self._jobs.stop_soon)  # an unclosed learner's worker ends too
         self._jobs.start_if_pending()  # jobs interrupted by a crash recover on their own
 
@@ -141,8 +140,13 @@ class Learner:
         dropout: float = _LORA.dropout,
         target_modules: Sequence[str] = _LORA.target_modules,
         exist_ok: bool = False,
+        learn_from_followups: bool | None = None,
     ) -> AdapterVersion:
         """Create an adapter whose version 0 equals the base model.
+
+        ``learn_from_followups``: learn from the user's follow-up messages
+        (default: ``settings.followups.learn_from_followups``); an existing
+        adapter returned with ``exist_ok`` keeps its own setting.
 
         Raises:
             InvalidAdapterId: If the id is not ``namespace/name``.
@@ -162,7 +166,38 @@ class Learner:
             engine=engine.name,
         )
         self._records.add_version(version)
+        self._followups.configure(adapter_id, learn_from_followups=learn_from_followups)
         return version
+
+    def configure_adapter(
+        self, adapter_id: str, *, learn_from_followups: bool | None = None
+    ) -> AdapterSettings:
+        """Change an adapter's settings (``None`` keeps a value) and return them all.
+
+        Raises:
+            AdapterNotFound: If the adapter does not exist.
+            InvalidConfig: If a value has the wrong type.
+        """
+        if not self.has_adapter(adapter_id):
+            raise AdapterNotFound(f"adapter {adapter_id!r} does not exist")
+        return self._followups.configure(adapter_id, learn_from_followups=learn_from_followups)
+
+    def adapter_settings(self, adapter_id: str) -> AdapterSettings:
+        """An adapter's settings (``learn_from_followups``)."""
+        return self._followups.settings_of(validate_adapter_id(adapter_id))
+
+    def followups(
+        self,
+        adapter_id: str | None = None,
+        *,
+        completion_id: str | None = None,
+        namespaces: Collection[str] | None = None,
+        limit: int = 50,
+    ) -> list[FollowUp]:
+        """Recorded follow-ups, newest first (of one adapter, one completion or namespaces)."""
+        return self._records.followups(
+            adapter_id, completion_id=completion_id, namespaces=namespaces, limit=limit
+        )
 
     def has_adapter(self, adapter_id: str) -> bool:
         """Whether the adapter exists."""
@@ -178,15 +213,7 @@ class Learner:
         An adapter deleted while listing is left out; one whose ``LATEST`` is
         damaged is listed with ``live=None`` and the error, not hidden.
         """
-        if namespaces is None:
-            ids = self._store.list_adapters()
-        else:
-            ids = [a for ns in sorted(set(namespaces)) for a in self._store.list_adapters(ns)]
-        summaries = []
-        for adapter_id in ids:
-            with contextlib.suppress(NotFound):  # deleted since it was listed
-                summaries.append(self.adapter_summary(adapter_id))
-        return summaries
+        return summarize_all(self._store, namespaces)
 
     def adapter_summary(self, adapter_id: str) -> AdapterSummary:
         """One adapter with its live version (``live=None`` and ``error`` if ``LATEST`` is damaged).
@@ -273,6 +300,9 @@ class Learner:
     ) -> Completion:
         """Answer a conversation with the adapter's live version and record it.
 
+        If the conversation continues a completion served for this adapter, the
+        user message after it is recorded as its follow-up (see :meth:`followups`).
+
         Args:
             adapter_id: ``namespace/name``, or ``None`` for the base model.
             messages: OpenAI-style ``{"role", "content"}`` dicts or ChatMessages.
@@ -290,6 +320,7 @@ class Learner:
         chat_messages = messages_from_dicts(messages)
         params = SamplingParams.from_kwargs(**sampling)
         version = self._serving_version(adapter_id)
+        self._followups.observe(version.adapter_id if version else None, chat_messages)
         generation = self.inference.generate(
             chat_messages, adapter=version, sampling=params, thinking=self.settings.thinking
         )
@@ -305,23 +336,13 @@ class Learner:
         chat_messages = messages_from_dicts(messages)
         params = SamplingParams.from_kwargs(**sampling)
         version = self._serving_version(adapter_id)
+        self._followups.observe(version.adapter_id if version else None, chat_messages)
         deltas = self.inference.stream(
             chat_messages, adapter=version, sampling=params, thinking=self.settings.thinking
         )
-        first = next(deltas)
-        stream = ChatStream(_new_id(), version.version if version else None, iter(()))
-
-        def text() -> Iterator[str]:
-            for delta in _chain(first, deltas):
-                if delta.generation is not None:
-                    stream.completion = self._completion(
-                        stream.id, version, chat_messages, delta.generation
-                    )
-                elif delta.text:
-                    yield delta.text
-
-        stream._deltas = text()
-        return stream
+        return stream_of(
+            _new_id(), version, deltas, lambda i, g: self._completion(i, version, chat_messages, g)
+        )
 
     def complete(self, adapter_id: str | None, prompt: str, **sampling: object) -> Completion:
         """Continue a raw text prompt (no chat template) and record it."""
@@ -337,18 +358,9 @@ class Learner:
 
     def score(self, adapter_id: str | None, messages: MessagesLike, response: str) -> Score:
         """Logprobs of ``response`` as the answer to ``messages`` under the live version."""
-        if not isinstance(response, str) or not response:
-            raise InvalidRequest("response must be a non-empty string")
-        chat_messages = messages_from_dicts(messages)
         version = self._serving_version(adapter_id)
-        prompt_ids = encode_chat(self.tokenizer, chat_messages, thinking=self.settings.thinking)
-        response_ids = [int(i) for i in self.tokenizer.encode(response, add_special_tokens=False)]
-        logprobs = self.inference.score(prompt_ids, response_ids, adapter=version)
-        return Score(
-            adapter_id=version.adapter_id if version else None,
-            adapter_version=version.version if version else None,
-            token_ids=tuple(response_ids),
-            logprobs=tuple(logprobs),
+        return score_response(
+            self.inference, self.tokenizer, version, messages, response, self.settings
         )
 
     # -- feedback ------------------------------------------------------------------------
@@ -490,14 +502,9 @@ class Learner:
         Jobs interrupted by a crash are re-queued and applied once when a learner
         starts; this only replays events no job carries (see :mod:`claas._legacy`).
         """
-        warnings.warn(
-            "resume_interrupted is deprecated: interrupted feedback jobs recover on their own",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        events = self.interrupted_feedback(adapter_id)
+        warn_resume_deprecated()
         return replay_events(
-            events,
+            self.interrupted_feedback(adapter_id),
             self._records,
             lambda e: self.feedback(
                 e.completion_id, e.text, config=config, adapter_id=e.adapter_id
@@ -541,8 +548,3 @@ class Learner:
 
 def _new_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex
-
-
-def _chain(first: _D, rest: Iterator[_D]) -> Iterator[_D]:
-    yield first
-    yield from rest

@@ -20,6 +20,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from claas.followups import AdapterSettings, FollowUp
 from claas.types import (
     AdapterSummary,
     AdapterVersion,
@@ -59,8 +60,30 @@ class LearnerLike(Protocol):
         dropout: float = _LORA.dropout,
         target_modules: Sequence[str] = _LORA.target_modules,
         exist_ok: bool = False,
+        learn_from_followups: bool | None = None,
     ) -> AdapterVersion:
         """Create an adapter whose version 0 equals the base model."""
+        ...
+
+    def configure_adapter(
+        self, adapter_id: str, *, learn_from_followups: bool | None = None
+    ) -> AdapterSettings:
+        """Change an adapter's settings (``None`` keeps a value) and return them all."""
+        ...
+
+    def adapter_settings(self, adapter_id: str) -> AdapterSettings:
+        """An adapter's settings."""
+        ...
+
+    def followups(
+        self,
+        adapter_id: str | None = None,
+        *,
+        completion_id: str | None = None,
+        namespaces: Collection[str] | None = None,
+        limit: int = 50,
+    ) -> list[FollowUp]:
+        """Recorded follow-ups, newest first."""
         ...
 
     def adapters(self, namespace: str | None = None) -> list[str]:

@@ -22,6 +22,7 @@ from claas.thinking import chat_template_kwargs
 from claas.types import ChatMessage, Completion
 
 __all__ = [
+    "FOLLOWUP_TEMPLATE",
     "HINDSIGHT_TEMPLATE",
     "ChatTokenizer",
     "DistillSample",
@@ -35,6 +36,14 @@ HINDSIGHT_TEMPLATE = (
     "{content}\n\n"
     "[Hindsight feedback from the user about your answer to this message: {feedback}\n"
     "Write the answer so that it fully follows this feedback.]"
+)
+# A follow-up is what the user said next, not a critique addressed to the model:
+# the teacher is told so, and asked for the answer that reply shows was wanted.
+FOLLOWUP_TEMPLATE = (
+    "{content}\n\n"
+    "[Hindsight: after your answer to this message, the user's next message was: {feedback}\n"
+    "It is not written as feedback; it is how the user reacted. If it shows what they "
+    "wanted instead, write the answer that gives them that.]"
 )
 
 

@@ -216,13 +216,22 @@ class FakeTrainer:
         fail_with: An exception to raise from every ``distill`` (e.g.
             ``NonFiniteUpdate("nan")``) to test error handling.
         delay: Seconds each update sleeps (to test ordering and queueing).
+        divergence: What the skip pre-check measures for every batch (a fixed
+            value: a fake has no teacher to compare with).
     """
 
     name = "fake"
 
-    def __init__(self, *, fail_with: BaseException | None = None, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        fail_with: BaseException | None = None,
+        delay: float = 0.0,
+        divergence: float = 1.0,
+    ) -> None:
         self.fail_with = fail_with
         self.delay = delay
+        self.fixed_divergence = divergence
         self.calls: list[dict[str, Any]] = []
         self.published: list[str] = []
         self.deleted: list[str] = []
@@ -270,6 +279,18 @@ class FakeTrainer:
         tokens = sum(s.response_len for s in samples)
         metrics = {"loss": 0.1, "distill_loss": 0.1, "tokens": float(tokens), "grad_norm": 0.5}
         return DistillResult(metrics=metrics, steps=config.steps, tokens=tokens)
+
+    def divergence(
+        self,
+        samples: Sequence[DistillSample],
+        *,
+        parent: AdapterVersion,
+        config: DistillConfig,
+        remote_teacher: Sequence[TeacherTopKLists] | None = None,
+        reference: Sequence[DistillSample] | None = None,
+    ) -> float:
+        """The fixed divergence this fake was built with."""
+        return self.fixed_divergence
 
     def on_published(self, version: AdapterVersion) -> None:
         """Record the published version."""

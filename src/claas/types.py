@@ -29,6 +29,7 @@ __all__ = [
     "LoraSpec",
     "RawFeedback",
     "SamplingParams",
+    "Hindsight",
     "TeacherMode",
     "TeacherTopKLists",
     "messages_from_dicts",
@@ -41,6 +42,7 @@ Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[Role, ...] = get_args(Role)
 TeacherMode = Literal["base", "current", "remote"]
 LossKind = Literal["divergence", "token"]
+Hindsight = Literal["feedback", "followup"]
 DEFAULT_TARGET_MODULES = (
     "q_proj",
     "k_proj",
@@ -231,6 +233,13 @@ class DistillConfig:
         adam_betas: AdamW betas.
         steps: Optimizer steps on the same batch.
         chunk_size: Positions per chunk of the loss (bounds peak memory).
+        hindsight: How the teacher is shown the text: ``feedback`` (an explicit
+            critique) or ``followup`` (the user's next message).
+        skip_below: Skip the update (job ``skipped``, no new version) when the
+            divergence measured before training is below this; 0 never skips.
+        skip_reference: What the pre-check compares the teacher with: ``""``
+            the student; a text, the teacher shown that neutral text instead
+            (so only what the feedback says beyond it counts).
     """
 
     learning_rate: float = attrs.field(default=1e-4, validator=_positive("DistillConfig"))
@@ -252,6 +261,11 @@ class DistillConfig:
     )
     steps: int = attrs.field(default=1, validator=_positive_int("DistillConfig", 64))
     chunk_size: int = attrs.field(default=256, validator=_positive_int("DistillConfig"))
+    hindsight: Hindsight = attrs.field(
+        default="feedback", validator=_one_of("DistillConfig", get_args(Hindsight))
+    )
+    skip_below: float = attrs.field(default=0.0, validator=_non_negative("DistillConfig"))
+    skip_reference: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready mapping."""

@@ -181,3 +181,21 @@ def test_base_model_option_reaches_settings(cli: Run, data_dir: Path) -> None:
     assert result.exit_code == 1
     assert "base_model" in result.stderr
     assert not data_dir.exists()
+
+
+def test_learn_from_followups_init_configure_and_list(
+    cli: Run, cli_json: Run, observer: Learner
+) -> None:
+    cli_json("adapters", "init", "team/fu", "--learn-from-followups")
+    assert observer.adapter_settings("team/fu").learn_from_followups is True
+    off = cli_json("adapters", "configure", "team/fu", "--no-learn-from-followups")
+    assert off == {"adapter_id": "team/fu", "learn_from_followups": False}
+    assert cli_json("adapters", "configure", "team/fu")["learn_from_followups"] is False
+    question = [{"role": "user", "content": "hi"}]
+    answer = observer.chat("team/fu", question)
+    turns = [{"role": "assistant", "content": answer.text}, {"role": "user", "content": "Shorter."}]
+    observer.chat("team/fu", [*question, *turns])
+    (link,) = cli_json("adapters", "followups", "team/fu")
+    assert (link["completion_id"], link["text"], link["job_id"]) == (answer.id, "Shorter.", None)
+    human = cli("adapters", "followups", "team/fu")
+    assert human.exit_code == 0 and "Shorter." in human.output

@@ -290,3 +290,19 @@ def test_metrics_turned_off_are_not_measured(
     assert {"compliance", "mean_tokens"} <= keys
     assert not keys & {"margin", "capability", "entropy", "logprob_drift"}
     assert not any(math.isnan(v) for v in records[-1]["metrics"].values() if v is not None)
+
+
+def test_followup_mode_teaches_by_the_next_message_only(
+    shrinking_learner: Learner, target: LearnerTarget, make_config: MakeConfig
+) -> None:
+    records = read_steps(run(make_config("mode=followup"), target=target).output_dir)
+    adapter = "eval/concise-seed0-concise"
+    assert shrinking_learner.adapter_settings(adapter).learn_from_followups is True
+    assert [r["version"] for r in records] == [0, 1, 2, 3]
+    assert [r["update"]["followups"] for r in records[1:]] == [1.0, 1.0, 1.0]
+    links = shrinking_learner.followups(adapter)
+    assert {f.text for f in links} == {"Way too long. Answer in one short sentence."}
+    jobs = shrinking_learner.jobs(adapter)
+    assert sorted(j.id for j in jobs) == sorted(f.job_id for f in links if f.job_id)
+    # Every job came from a follow-up: none names a feedback call's key, each a link's.
+    assert all((j.idempotency_key or "").startswith("followup-fu-") for j in jobs)

@@ -562,6 +562,7 @@ def test_adapter_lifecycle(bot: TestClient, fake: Learner) -> None:
             "versions": 3,
             "live": adapters[0]["live"],
             "error": None,
+            "learn_from_followups": False,
         }
     ]
     assert adapters[0]["live"]["version"] == 2 and adapters[0]["live"]["live"] is True

@@ -262,3 +262,20 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
     detail = parse(page.stdout)
     assert [r[0] for r in detail.tables["versions"][1:]] == ["v4", "v3", "v2", "v1", "v0"]
     assert page.stdout.count("<circle") == 8
+
+
+def test_adapter_page_lists_follow_ups_and_their_jobs(client: TestClient, fake: Learner) -> None:
+    fake.init_adapter("alpha/fu", learn_from_followups=True)
+    answer = fake.chat("alpha/fu", USER)
+    follow_up = "Too long <b>really</b>."
+    turns = [{"role": "assistant", "content": answer.text}, {"role": "user", "content": follow_up}]
+    fake.chat("alpha/fu", [*USER, *turns])
+    (link,) = fake.followups("alpha/fu")
+    assert link.job_id is not None
+    fake.wait(link.job_id, timeout=30)
+    html = client.get("/dashboard/adapters/alpha/fu").text
+    rows = parse(html).tables["followups"]
+    assert rows[0][:4] == ["seen (UTC)", "completion", "follow-up", "job"]
+    assert [r[1:5] for r in rows[1:]] == [[answer.id, follow_up, link.job_id, "applied"]]
+    assert "<b>really</b>" not in html  # escaped
+    assert "learn_from_followups on" in html

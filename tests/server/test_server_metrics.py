@@ -125,16 +125,17 @@ def test_finished_jobs_feed_outcomes_latency_and_steps() -> None:
     metrics.observe_job(finished("failed", waited=700.0))
     metrics.observe_job(finished("rejected", waited=1.0))
     metrics.observe_job(finished("cancelled", waited=0.5))
+    metrics.observe_job(finished("skipped", waited=0.5))
     metrics.observe_job(finished("running"))  # not final: nothing counted
     text = render(metrics)
     for status in FINAL_JOB_STATUSES:
         assert value(text, "claas_jobs_finished_total", outcome=status) == 1
-    assert value(text, "claas_job_latency_seconds_count") == 4
-    assert value(text, "claas_job_latency_seconds_sum") == 703.5
+    assert value(text, "claas_job_latency_seconds_count") == 5
+    assert value(text, "claas_job_latency_seconds_sum") == 704.0
     latency = families(text)["claas_job_latency_seconds"]
     buckets = {float(s.labels["le"]): s.value for s in latency.samples if "le" in s.labels}
     assert list(buckets) == [*JOB_BUCKETS, math.inf]
-    assert buckets[0.5] == 1 and buckets[2.5] == 3 and buckets[600.0] == 3 and buckets[1800.0] == 4
+    assert buckets[0.5] == 2 and buckets[2.5] == 4 and buckets[600.0] == 4 and buckets[1800.0] == 5
     # A rejected candidate was a step that published nothing; a cancelled job made none.
     assert value(text, "claas_feedback_steps_total", outcome="applied") == 1
     assert value(text, "claas_feedback_steps_total", outcome="failed") == 2

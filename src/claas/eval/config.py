@@ -113,6 +113,8 @@ class Preference:
     Attributes:
         name: Short name (also part of the adapter id).
         feedback: The text feedback given on every training response.
+        followup: What the user writes next after a rejected answer in
+            ``mode: followup`` (``None``: the ``feedback`` text).
         verifier: ``text -> bool``: does a response comply?
         prompts: Training prompts; sampled answers to these get the feedback.
         probes: Held-out prompts answered greedily after every step.
@@ -125,8 +127,11 @@ class Preference:
     prompts: tuple[str, ...] = attrs.field(converter=_tuple, validator=_texts("Preference"))
     probes: tuple[str, ...] = attrs.field(converter=_tuple, validator=_texts("Preference"))
     pairs: tuple[Pair, ...] = attrs.field(default=(), converter=_tuple)
+    followup: str | None = None
 
     def __attrs_post_init__(self) -> None:
+        if self.followup is not None:
+            _text("Preference")(self, attrs.fields(Preference).followup, self.followup)
         if not callable(self.verifier):
             raise _error("Preference", "verifier", self.verifier, "must be a callable text->bool")
         if not self.prompts or not self.probes:
@@ -183,6 +188,7 @@ class EvalConfig:
 
     preferences: tuple[Preference, ...] = attrs.field(converter=_tuple)
     engine: str = "local"
+    mode: str = "feedback"
     base_model: str = DEFAULT_BASE_MODEL
     data_dir: Path | None = attrs.field(default=None, converter=_optional_path)
     settings: Mapping[str, Any] = attrs.field(factory=dict)
@@ -209,6 +215,8 @@ class EvalConfig:
     plots: bool = True
 
     def __attrs_post_init__(self) -> None:
+        if self.mode not in ("feedback", "followup"):
+            raise _error("EvalConfig", "mode", self.mode, "must be 'feedback' or 'followup'")
         if self.engine not in ("local", "remote"):
             raise _error("EvalConfig", "engine", self.engine, "must be 'local' or 'remote'")
         if self.engine == "remote" and not self.server.url:
@@ -253,6 +261,7 @@ class EvalConfig:
         return {
             "preferences": [p.name for p in self.preferences],
             "engine": self.engine,
+            "mode": self.mode,
             "base_model": self.base_model,
             "server_url": self.server.url,
             "batch_size": self.batch_size,
@@ -314,7 +323,7 @@ def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
 def _preference(name: str, spec: Mapping[str, Any]) -> Preference:
     if not isinstance(spec, Mapping):
         raise InvalidConfig(f"preference {name!r} must be a mapping, got {type(spec).__name__}")
-    fields = {"feedback", "verifier", "prompts", "probes", "pairs"}
+    fields = {"feedback", "followup", "verifier", "prompts", "probes", "pairs"}
     unknown = sorted(set(spec) - fields)
     if unknown:
         raise InvalidConfig(f"preference {name!r} has unknown key(s) {unknown}; known: {fields}")
@@ -326,6 +335,7 @@ def _preference(name: str, spec: Mapping[str, Any]) -> Preference:
             prompts=spec.get("prompts") or (),
             probes=spec.get("probes") or (),
             pairs=[Pair(**p) for p in spec.get("pairs") or ()],
+            followup=spec.get("followup"),
         )
     except TypeError as exc:
         raise InvalidConfig(f"preference {name!r}: {exc}") from exc

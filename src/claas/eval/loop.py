@@ -2,7 +2,8 @@
 
 Per preference: create a fresh adapter and measure it (step 0); then for each
 step sample ``batch_size`` training answers, apply the feedback to them as one
-update, and measure the new version. Every step is appended to
+update (``mode: followup``: follow up on the rejected ones in the conversation
+instead, :mod:`claas.eval.followup_mode`), and measure the new version. Every step is appended to
 ``steps.jsonl`` before the next begins, so a killed run resumes after its last
 written step, with the adapter rolled back to that step's version if an update
 had already landed.
@@ -20,6 +21,7 @@ import attrs
 
 from claas.errors import AdapterNotFound, Conflict, InvalidConfig
 from claas.eval.config import EvalConfig, Preference
+from claas.eval.followup_mode import followup_step
 from claas.eval.measure import finite, measure, sample_metrics
 from claas.eval.metrics import check_alerts
 from claas.eval.runlog import (
@@ -151,7 +153,9 @@ def _run_preference(
     done = steps.steps(preference.name)
     if not done:
         tick = time.perf_counter()
-        version = target.reset_adapter(adapter_id, seed=config.seed)
+        version = target.reset_adapter(
+            adapter_id, seed=config.seed, learn_from_followups=config.mode == "followup"
+        )
         metrics, details = measure(target, adapter_id, preference, config, step=0, baseline=None)
         record = _record(preference, adapter_id, 0, version, metrics, details)
         record["seconds"] = time.perf_counter() - tick
@@ -207,12 +211,15 @@ def _step(
         for i, prompt in enumerate(prompts)
     ]
     sampled = time.perf_counter()
-    version, update = target.feedback(
-        adapter_id,
-        [s.completion_id for s in samples],
-        preference.feedback,
-        config.distill.to_dict(),
-    )
+    if config.mode == "followup":
+        version, update = followup_step(target, adapter_id, preference, prompts, samples)
+    else:
+        version, update = target.feedback(
+            adapter_id,
+            [s.completion_id for s in samples],
+            preference.feedback,
+            config.distill.to_dict(),
+        )
     updated = time.perf_counter()
     metrics, details = measure(target, adapter_id, preference, config, step=step, baseline=baseline)
     train_metrics, train_details = sample_metrics(samples, preference)

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from claas.errors import AdapterNotFound
+from claas.errors import AdapterNotFound, Conflict
 from claas.learner import Learner
 from claas.learner_like import LearnerLike
 from claas.types import CompletionFeedback
@@ -49,7 +49,9 @@ class Sample:
 class EvalTarget(Protocol):
     """The operations the eval loop needs from CLaaS."""
 
-    def reset_adapter(self, adapter_id: str, *, seed: int) -> int:
+    def reset_adapter(
+        self, adapter_id: str, *, seed: int, learn_from_followups: bool = False
+    ) -> int:
         """Delete ``adapter_id`` if it exists, create it afresh, return its version."""
         ...
 
@@ -78,6 +80,16 @@ class EvalTarget(Protocol):
         self, adapter_id: str, completion_ids: Sequence[str], text: str, config: Mapping[str, Any]
     ) -> tuple[int, dict[str, float]]:
         """Apply ``text`` to the completions as one update; return (version, metrics)."""
+        ...
+
+    def follow_up(
+        self, adapter_id: str, prompt: str, answer: Sample, text: str
+    ) -> tuple[str, int, dict[str, float]]:
+        """Send the conversation on with ``text`` as the user's next message; wait for its job.
+
+        Returns:
+            The job's final status, the version then live, and the job's metrics.
+        """
         ...
 
     def score(self, adapter_id: str, prompt: str, response: str) -> list[float]:
@@ -113,8 +125,10 @@ class LearnerTarget:
         self.lora = dict(lora or {})
         self._owns = owns_learner
 
-    def reset_adapter(self, adapter_id: str, *, seed: int) -> int:
-        """Recreate the adapter.
+    def reset_adapter(
+        self, adapter_id: str, *, seed: int, learn_from_followups: bool = False
+    ) -> int:
+        """Recreate the adapter (learning from follow-ups if asked).
 
         With the local engine in this process its LoRA A matrices are drawn
         from ``seed``; a server draws them itself, so ``seed`` is not sent.
@@ -125,7 +139,10 @@ class LearnerTarget:
             import torch
 
             torch.manual_seed(seed)
-        return self.learner.init_adapter(adapter_id, **self.lora).version
+        created = self.learner.init_adapter(
+            adapter_id, learn_from_followups=learn_from_followups, **self.lora
+        )
+        return created.version
 
     def current_version(self, adapter_id: str) -> int:
         """The live version of the adapter."""
@@ -172,6 +189,24 @@ class LearnerTarget:
         items = [CompletionFeedback(completion_id=cid, text=text) for cid in completion_ids]
         result = self.learner.feedback_batch(items, adapter_id=adapter_id, config=config)
         return result.version, {k: float(v) for k, v in result.metrics.items()}
+
+    def follow_up(
+        self, adapter_id: str, prompt: str, answer: Sample, text: str
+    ) -> tuple[str, int, dict[str, float]]:
+        """Continue the conversation (a short reply is generated), then wait for its job."""
+        conversation = [
+            *_user(prompt),
+            {"role": "assistant", "content": answer.text},
+            {"role": "user", "content": text},
+        ]
+        self.learner.chat(adapter_id, conversation, max_tokens=4, temperature=0)
+        links = self.learner.followups(adapter_id, completion_id=answer.completion_id, limit=1)
+        if not links or links[0].job_id is None:
+            reason = links[0].error if links else "the follow-up was not recognised"
+            raise Conflict(f"no feedback job for the follow-up to {answer.completion_id}: {reason}")
+        job = self.learner.wait(links[0].job_id)
+        version = self.learner.current_version(adapter_id).version
+        return job.status, version, {k: float(v) for k, v in job.metrics.items()}
 
     def score(self, adapter_id: str, prompt: str, response: str) -> list[float]:
         """Teacher-forced logprobs of ``response``."""

@@ -2,9 +2,11 @@
 
 A job is accepted at once (``queued``), applied later by a worker
 (``running``), and ends ``applied`` (with its version), ``failed`` (with the
-reason), ``rejected`` (the guard kept the candidate from going live) or
-``cancelled`` (only a queued job can be). Its payload holds everything needed
-to apply it in another process or after a crash: the feedback items (a
+reason), ``rejected`` (the guard kept the candidate from going live),
+``cancelled`` (only a queued job can be) or ``skipped`` (the pre-check
+measured too little teacher-student divergence to learn from; no new
+version). Its payload holds everything needed to apply it in another process
+or after a crash: the feedback items (a
 completion id, or the raw messages and response) and the config overrides.
 """
 
@@ -30,9 +32,15 @@ __all__ = [
     "check_idempotency_key",
 ]
 
-JobStatus = Literal["queued", "running", "applied", "failed", "rejected", "cancelled"]
+JobStatus = Literal["queued", "running", "applied", "failed", "rejected", "cancelled", "skipped"]
 JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
-FINAL_JOB_STATUSES: tuple[JobStatus, ...] = ("applied", "failed", "rejected", "cancelled")
+FINAL_JOB_STATUSES: tuple[JobStatus, ...] = (
+    "applied",
+    "failed",
+    "rejected",
+    "cancelled",
+    "skipped",
+)
 MAX_KEY_LENGTH = 255
 
 
@@ -43,8 +51,8 @@ class FeedbackJob:
     Attributes:
         id: The job id (``job-...``).
         adapter_id: The adapter it updates.
-        status: ``queued``, ``running``, ``applied``, ``failed``, ``rejected``
-            or ``cancelled``.
+        status: ``queued``, ``running``, ``applied``, ``failed``, ``rejected``,
+            ``cancelled`` or ``skipped``.
         accepted: Unix time it was accepted.
         feedback_ids: The feedback events it carries (one per item).
         idempotency_key: The client's key, if it gave one.
@@ -52,7 +60,8 @@ class FeedbackJob:
         finished: Unix time it reached a final status.
         version: The version it published (``applied`` only).
         parent_version: The version the update started from.
-        metrics: What the update measured.
+        metrics: What the update measured (``precheck_divergence``: the
+            divergence the pre-check measured, when one ran).
         timings: Seconds per phase (``queue_seconds`` ... ``total_seconds``).
         error: Why it failed, was rejected or cancelled.
         error_code: The :func:`claas.errors.error_code` of the failure.

@@ -157,7 +157,7 @@ class JobService:
 
 def raise_for(job: FeedbackJob) -> None:
     """Raise the error a failed, rejected or cancelled job ended with."""
-    if job.status == "applied":
+    if job.status in ("applied", "skipped"):
         return
     if job.status == "cancelled":
         raise Conflict(f"job {job.id} was cancelled: {job.error}")
@@ -165,7 +165,10 @@ def raise_for(job: FeedbackJob) -> None:
 
 
 def result_of(job: FeedbackJob) -> FeedbackResult:
-    """The result of an applied job; raises the error of any other state.
+    """The result of an applied or skipped job; raises the error of any other state.
+
+    A skipped job published nothing: its ``version`` is the parent it was
+    measured against, still live.
 
     Raises:
         Conflict: The job is not final yet, or was cancelled.
@@ -174,12 +177,13 @@ def result_of(job: FeedbackJob) -> FeedbackResult:
     if not job.done:
         raise Conflict(f"job {job.id} is still {job.status}")
     raise_for(job)
-    if job.version is None or job.parent_version is None:
-        raise Conflict(f"job {job.id} is applied but names no version")
+    version = job.parent_version if job.status == "skipped" else job.version
+    if version is None or job.parent_version is None:
+        raise Conflict(f"job {job.id} is {job.status} but names no version")
     return FeedbackResult(
         feedback_ids=job.feedback_ids,
         adapter_id=job.adapter_id,
-        version=job.version,
+        version=version,
         parent_version=job.parent_version,
         metrics=dict(job.metrics),
         timings=dict(job.timings),

@@ -59,6 +59,8 @@ _FEEDBACK_STATUS: Mapping[str, str] = {
     "failed": "failed",
     "rejected": "failed",
     "cancelled": "failed",
+    # The feedback was read and found to teach nothing: done, with no new version.
+    "skipped": "applied",
 }
 
 

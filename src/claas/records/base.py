@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_chec
 import attrs
 
 from claas.errors import BackendUnavailable
+from claas.followups import AdapterSettings, FollowUp
 from claas.types import AdapterVersion, Completion
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ __all__ = [
     "VERSIONS_CHANNEL",
     "FeedbackEvent",
     "FeedbackStatus",
+    "FollowupRecords",
     "JobQueue",
     "LineageEntry",
     "NewFeedback",
@@ -240,7 +242,51 @@ class Notifications(Protocol):
 
 
 @runtime_checkable
-class RecordsBackend(JobQueue, Protocol):
+class FollowupRecords(Protocol):
+    """Follow-up links and per-adapter settings (schema version 3 of the SQLite records).
+
+    A backend stores each completion's conversation key
+    (:func:`claas.followups.conversation_key` of its adapter, messages and
+    visible text, ``NULL`` for the base model) in ``add_completion`` and finds
+    completions by it here.
+    """
+
+    def match_completions(self, adapter_id: str, keys: Sequence[str]) -> dict[str, str]:
+        """``{conversation_key: completion_id}`` of the adapter's completions with these keys."""
+        ...
+
+    def add_followup(self, followup: FollowUp) -> tuple[FollowUp, bool]:
+        """Record a link (``True``), or return the one with its id (``False``)."""
+        ...
+
+    def set_followup_job(
+        self, followup_id: str, *, job_id: str | None, error: str | None
+    ) -> FollowUp:
+        """Record the job a follow-up became, or why none was submitted."""
+        ...
+
+    def followups(
+        self,
+        adapter_id: str | None = None,
+        *,
+        completion_id: str | None = None,
+        namespaces: Collection[str] | None = None,
+        limit: int = 50,
+    ) -> list[FollowUp]:
+        """Follow-up links, newest first."""
+        ...
+
+    def adapter_settings(self, adapter_id: str) -> AdapterSettings | None:
+        """The adapter's stored settings (``None``: never stored)."""
+        ...
+
+    def set_adapter_settings(self, adapter_id: str, settings: AdapterSettings) -> None:
+        """Store the adapter's settings."""
+        ...
+
+
+@runtime_checkable
+class RecordsBackend(JobQueue, FollowupRecords, Protocol):
     """The records database the :class:`~claas.learner.Learner` reads and writes.
 
     ``namespaces`` arguments filter in the database: ``None`` means every

@@ -7,8 +7,9 @@ number of threads and several processes may open the same file; writers take
 Lists and mappings are stored as JSON text, which round-trips ints and floats
 exactly (``-inf`` logprobs included).
 
-Tables: ``schema_version``, ``completions``, ``feedback``, ``versions`` (lineage)
-and ``events`` (rollbacks). A feedback event moves ``queued -> running ->
+Tables: ``schema_version``, ``completions``, ``feedback``, ``versions`` (lineage),
+``events`` (rollbacks), ``jobs`` (version 2), ``followups`` and ``adapter_settings``
+(version 3). A feedback event moves ``queued -> running ->
 applied | failed``; ``applied`` and ``failed`` are final.
 """
 
@@ -31,7 +32,9 @@ from claas.errors import (
     NotFound,
     StorageError,
 )
+from claas.followups import conversation_key
 from claas.records._sql import DuplicateKey, adapter_filter, check_limit
+from claas.records._sqlite_followups import FOLLOWUP_MIGRATION, SQLiteFollowupRows
 from claas.records._sqlite_jobs import JOB_MIGRATION, SQLiteJobRows
 from claas.records.base import (
     FINAL_STATUSES,
@@ -46,9 +49,9 @@ from claas.types import AdapterVersion, ChatMessage, Completion
 
 __all__ = ["SCHEMA_VERSION", "Records"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Statements that take a database from the version before each key to that version.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {2: JOB_MIGRATION}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: JOB_MIGRATION, 3: FOLLOWUP_MIGRATION}
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS completions (
         id TEXT PRIMARY KEY, adapter_id TEXT, adapter_version INTEGER, model TEXT NOT NULL,
@@ -73,13 +76,18 @@ _SCHEMA = (
         seq INTEGER PRIMARY KEY AUTOINCREMENT, adapter_id TEXT NOT NULL, kind TEXT NOT NULL,
         data TEXT NOT NULL, created REAL NOT NULL)""",
 )
+_COMPLETION_COLUMNS = (
+    "id, adapter_id, adapter_version, model, messages, prompt_ids, response_ids, "
+    "response_logprobs, text, raw_text, finish_reason, created, top_logprobs, thinking, "
+    "conversation_key"
+)
 _FEEDBACK_COLUMNS = (
     "id, adapter_id, completion_id, text, status, parent_version, version, error, "
     "metrics, timings, created, finished"
 )
 
 
-class Records(SQLiteJobRows):
+class Records(SQLiteJobRows, SQLiteFollowupRows):
     """The records database in one SQLite file.
 
     Args:
@@ -135,10 +143,15 @@ class Records(SQLiteJobRows):
             c.created,
             _dumps([[list(pair) for pair in position] for position in c.top_logprobs]),
             int(c.thinking),
+            None if c.adapter_id is None else conversation_key(c.adapter_id, c.messages, c.text),
         )
         try:
             with self._tx(write=True) as conn:
-                conn.execute(f"INSERT INTO completions VALUES ({', '.join('?' * 14)})", row)
+                conn.execute(
+                    f"INSERT INTO completions ({_COMPLETION_COLUMNS}) "
+                    f"VALUES ({', '.join('?' * len(row))})",
+                    row,
+                )
         except DuplicateKey:
             raise Conflict(f"completion {c.id!r} is already recorded") from None
 
@@ -387,8 +400,10 @@ class Records(SQLiteJobRows):
         ]
 
     def delete_adapter(self, adapter_id: str) -> None:
-        """Forget an adapter's lineage and events; completions and feedback stay for audit."""
+        """Forget an adapter's lineage, events and settings; completions, feedback and
+        follow-ups stay for audit."""
         with self._tx(write=True) as conn:
+            conn.execute("DELETE FROM adapter_settings WHERE adapter_id = ?", (adapter_id,))
             conn.execute("DELETE FROM versions WHERE adapter_id = ?", (adapter_id,))
             conn.execute("DELETE FROM events WHERE adapter_id = ?", (adapter_id,))
 

@@ -20,7 +20,14 @@ the adapter's lock is next free.
 """
 
 from claas.storage._manifest import FORMAT_VERSION
-from claas.storage.base import AdapterStore, WriteFn, summarize
+from claas.storage.base import AdapterStore, WriteFn, summarize, summarize_all
 from claas.storage.local import LocalAdapterStore
 
-__all__ = ["FORMAT_VERSION", "AdapterStore", "LocalAdapterStore", "WriteFn", "summarize"]
+__all__ = [
+    "FORMAT_VERSION",
+    "AdapterStore",
+    "LocalAdapterStore",
+    "WriteFn",
+    "summarize",
+    "summarize_all",
+]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from claas.errors import StorageError
+from claas.errors import NotFound, StorageError
 from claas.types import AdapterSummary, AdapterVersion, LoraSpec
 
-__all__ = ["AdapterStore", "WriteFn", "summarize"]
+__all__ = ["AdapterStore", "WriteFn", "summarize", "summarize_all"]
 
 WriteFn = Callable[[Path], None]
 """Writes a version's files into the directory it is given."""
@@ -71,3 +72,19 @@ def summarize(store: AdapterStore, adapter_id: str) -> AdapterSummary:
     except StorageError as exc:
         live, error = None, str(exc)
     return AdapterSummary(adapter_id=adapter_id, live=live, versions=len(versions), error=error)
+
+
+def summarize_all(store: AdapterStore, namespaces: Collection[str] | None) -> list[AdapterSummary]:
+    """:func:`summarize` of every adapter (of these namespaces; ``None``: all).
+
+    An adapter deleted while listing is left out.
+    """
+    if namespaces is None:
+        ids = store.list_adapters()
+    else:
+        ids = [a for ns in sorted(set(namespaces)) for a in store.list_adapters(ns)]
+    summaries = []
+    for adapter_id in ids:
+        with contextlib.suppress(NotFound):  # deleted since it was listed
+            summaries.append(summarize(store, adapter_id))
+    return summaries

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 from claas.teacher import DistillSample
 from claas.types import AdapterVersion, DistillConfig, DistillResult, LoraSpec, TeacherTopKLists
 
-__all__ = ["TrainingEngine"]
+__all__ = ["DivergenceProbe", "TrainingEngine"]
 
 
 @runtime_checkable
@@ -58,4 +58,31 @@ class TrainingEngine(Protocol):
 
     def close(self) -> None:
         """Release resources."""
+        ...
+
+
+@runtime_checkable
+class DivergenceProbe(Protocol):
+    """An engine that can measure an update's divergence without training (a capability).
+
+    The skip pre-check (``DistillConfig.skip_below``) uses it; an engine
+    without it trains every job.
+    """
+
+    def divergence(
+        self,
+        samples: Sequence[DistillSample],
+        *,
+        parent: AdapterVersion,
+        config: DistillConfig,
+        remote_teacher: Sequence[TeacherTopKLists] | None = None,
+        reference: Sequence[DistillSample] | None = None,
+    ) -> float:
+        """The mean per-token divergence of the teacher of ``samples`` under ``parent``.
+
+        From the student: the value the first step's ``distill_loss`` would
+        report. With ``reference`` (the same responses, the teacher shown a
+        neutral text), from that reference teacher instead. Forward passes
+        only: no backward, no optimizer step, nothing written.
+        """
         ...

@@ -225,6 +225,60 @@ class LocalTrainer:
             self._pending = (parent.adapter_id, parent.version)
             return DistillResult(metrics=metrics, steps=config.steps, tokens=int(metrics["tokens"]))
 
+    def divergence(
+        self,
+        samples: Sequence[DistillSample],
+        *,
+        parent: AdapterVersion,
+        config: DistillConfig,
+        remote_teacher: Sequence[TeacherTopKLists] | None = None,
+        reference: Sequence[DistillSample] | None = None,
+    ) -> float:
+        """The skip pre-check's divergence, from forward passes only (see the protocol)."""
+        with self._lock:
+            lora = LoraSpec(**parent.lora) if parent.lora else LoraSpec()
+            slot = self._slot(lora)
+            self._load_parent(parent, slot, config)
+            batch = collate(samples, device=self._device)
+            with torch.no_grad():
+                teacher = (
+                    remote_teacher_topk(remote_teacher, batch, device=self._device)
+                    if remote_teacher is not None
+                    else self._teacher_topk(batch, config)
+                )
+                if reference is None:
+                    _, metrics = self._loss(batch, teacher, config, None)
+                else:
+                    metrics = self._reference_divergence(reference, teacher, config)
+            # Nothing changed the weights: the next distill from this parent reuses them.
+            self._loaded = (parent.adapter_id, parent.version)
+            return metrics["distill_loss"]
+
+    def _reference_divergence(
+        self, reference: Sequence[DistillSample], teacher: sdpo.TeacherTopK, config: DistillConfig
+    ) -> dict[str, float]:
+        """The divergence of ``teacher`` from the teacher shown the reference text."""
+        batch = collate(reference, device=self._device)
+        frozen = config.teacher != "current"
+        context = self._peft.disable_adapter() if frozen else contextlib.nullcontext()
+        weight, bias = self._lm_head()
+        with context:
+            hidden = self._hidden(batch.teacher_ids, batch.teacher_attention)
+        picked = batch.gather(hidden, batch.teacher_positions)
+        _, metrics = sdpo.sdpo_loss_from_hidden(
+            picked.to(weight.dtype),
+            weight,
+            teacher,
+            batch.response_ids,
+            batch.response_mask,
+            chunk_size=config.chunk_size,
+            lm_head_bias=bias,
+            alpha=config.alpha,
+            add_tail=config.add_tail,
+            loss=config.loss,
+        )
+        return metrics
+
     def _run_steps(
         self,
         batch: Batch,

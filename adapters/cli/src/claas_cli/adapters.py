@@ -23,6 +23,14 @@ app = typer.Typer(
 
 AdapterArg = Annotated[str, typer.Argument(help="Adapter id, namespace/name.", show_default=False)]
 _LORA = LoraSpec()  # the option defaults are the core's
+LearnOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--learn-from-followups/--no-learn-from-followups",
+        help="Turn the user's follow-up messages into feedback jobs (default: the server's).",
+        show_default=False,
+    ),
+]
 
 
 @app.command("init")
@@ -37,6 +45,7 @@ def init(
         typer.Option(help="Module to adapt (repeat); default: all attention and MLP projections."),
     ] = None,
     exist_ok: Annotated[bool, typer.Option(help="Succeed if it already exists.")] = False,
+    learn_from_followups: LearnOpt = None,
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
     json: JsonOpt = False,
@@ -51,6 +60,7 @@ def init(
             dropout=dropout,
             target_modules=tuple(target_module or DEFAULT_TARGET_MODULES),
             exist_ok=exist_ok,
+            learn_from_followups=learn_from_followups,
         )
     state.out.data(
         version_view(info, live=True),
@@ -175,3 +185,63 @@ def remove(
         {"adapter_id": adapter_id, "deleted_versions": count},
         lambda c: c.print(f"deleted {escape(adapter_id)} ({count} version(s))"),
     )
+
+
+@app.command("configure")
+def configure(
+    ctx: typer.Context,
+    adapter_id: AdapterArg,
+    learn_from_followups: LearnOpt = None,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Change an adapter's settings (options left out keep their value) and show them."""
+    state = state_of(ctx, json=json)
+    with closing(open_client(state, url, api_key)) as client:
+        settings = client.configure_adapter(adapter_id, learn_from_followups=learn_from_followups)
+    state.out.data(
+        {"adapter_id": adapter_id, **settings.to_dict()},
+        lambda c: c.print(
+            f"{escape(adapter_id)}: learn_from_followups={settings.learn_from_followups}"
+        ),
+    )
+
+
+@app.command("followups")
+def followups(
+    ctx: typer.Context,
+    adapter_id: AdapterArg,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many.")] = 20,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """List the follow-up messages recognised after the adapter's answers, newest first."""
+    state = state_of(ctx, json=json)
+    with closing(open_client(state, url, api_key)) as client:
+        found = client.followups(adapter_id, limit=limit)
+
+    def human(console: Console) -> None:
+        if not found:
+            console.print("no follow-ups recorded yet")
+            return
+        table = Table()
+        for column in ("when", "completion", "follow-up", "job"):
+            table.add_column(column)
+        for link in found:
+            table.add_row(
+                format_time(link.created),
+                escape(link.completion_id),
+                escape(link.text),
+                _job_cell(link.job_id, link.error),
+            )
+        console.print(table)
+
+    state.out.data([link.to_dict() for link in found], human)
+
+
+def _job_cell(job_id: str | None, error: str | None) -> str:
+    if job_id is not None:
+        return escape(job_id)
+    return f"[red]{escape(error)}[/]" if error else "-"

@@ -124,7 +124,13 @@ def job_view(job: FeedbackJob) -> dict[str, Any]:
     return {**job.to_dict(), "done": job.done}
 
 
-_STATUS_STYLE = {"applied": "green", "failed": "red", "rejected": "red", "running": "yellow"}
+_STATUS_STYLE = {
+    "applied": "green",
+    "failed": "red",
+    "rejected": "red",
+    "running": "yellow",
+    "skipped": "cyan",
+}
 
 
 def _status(job: FeedbackJob) -> str:

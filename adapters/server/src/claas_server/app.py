@@ -18,7 +18,7 @@ from fastapi.responses import PlainTextResponse
 
 import claas
 from claas import Learner, Settings
-from claas_server import dashboard, jobs_api, learning_api, openai_api
+from claas_server import dashboard, followups_api, jobs_api, learning_api, openai_api
 from claas_server.auth import KeyRing
 from claas_server.deps import Caller, ServerState, State
 from claas_server.errors import ERROR_RESPONSES, install_error_handlers
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, *, learner: Learner | None = No
     app.include_router(openai_api.router)
     app.include_router(jobs_api.router)
     app.include_router(learning_api.router)
+    app.include_router(followups_api.router)
     app.include_router(_ops_router())
     app.include_router(dashboard.router)
     # Added last = outermost: count every request, 413s included.

@@ -24,6 +24,7 @@ from claas.errors import ClaasError
 from claas.jobs.model import FeedbackJob
 from claas.records import FeedbackEvent
 from claas_server.auth import COOKIE, Principal, bearer_token
+from claas_server.dashboard_followups import followups_section
 from claas_server.dashboard_html import (
     CSP,
     adapter_href,
@@ -202,6 +203,7 @@ def _queue_numbers(state: ServerState) -> dict[str, Any]:
         "updates queued": counts.get("queued", 0),
         "updates running": counts.get("running", 0),
         "jobs failed": counts.get("failed", 0) + counts.get("rejected", 0),
+        "jobs skipped": counts.get("skipped", 0),
     }
 
 
@@ -352,6 +354,7 @@ def _adapter_page(state: ServerState, caller: Principal, adapter_id: str) -> str
             empty="No feedback yet.",
         )
         + "</section>"
+        + followups_section(state, adapter_id)
     )
     return page(f"{adapter_id} · CLaaS", body, who=_who(caller))
 

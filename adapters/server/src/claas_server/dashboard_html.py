@@ -35,7 +35,7 @@ th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #e4e7eb;vertical-a
 th{font-size:12px;text-transform:uppercase;color:#627d98;letter-spacing:.03em}
 td.num{text-align:right;font-variant-numeric:tabular-nums}td.time{white-space:nowrap}
 a{color:#2680c2}.muted{color:#829ab1}.live{color:#0c6b58;font-weight:600}
-.status-applied{color:#0c6b58}.status-failed{color:#ab091e}.status-running{color:#b44d12}
+.status-applied{color:#0c6b58}.status-failed{color:#ab091e}.status-running{color:#b44d12}.status-skipped{color:#52606d}
 .stats{display:flex;gap:24px;flex-wrap:wrap}.stats div{min-width:110px}
 .stats b{display:block;font-size:20px;color:#102a43}
 ul.tree,ul.tree ul{list-style:none;margin:0;padding-left:18px}

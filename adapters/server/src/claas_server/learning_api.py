@@ -88,6 +88,7 @@ def create_adapter(body: AdapterCreate, state: State, caller: Caller) -> Adapter
         dropout=body.dropout,
         target_modules=tuple(body.target_modules or DEFAULT_TARGET_MODULES),
         exist_ok=body.exist_ok,
+        learn_from_followups=body.learn_from_followups,
     )
     return _version_info(version, version.version)
 
@@ -103,6 +104,9 @@ def _adapter_info(state: ServerState, summary: AdapterSummary) -> AdapterInfo:
         versions=summary.versions,
         live=_version_info(live, live.version) if live else None,
         error=error,
+        learn_from_followups=state.learner.adapter_settings(
+            summary.adapter_id
+        ).learn_from_followups,
     )
 
 

@@ -4,7 +4,8 @@
 ``base``). The response ``id`` is the completion id that ``POST /v1/feedback``
 takes; ``adapter_version`` and ``system_fingerprint`` (``claas-<adapter>@<v>``)
 say which version answered. ``GET /v1/chat/completions/{id}`` (as in OpenAI's
-stored completions) returns the recorded completion with its exact tokens.
+stored completions) returns the recorded completion with its exact tokens and
+the follow-ups later requests revealed (matching happens in ``Learner.chat``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from claas import Completion
+from claas import Completion, FollowUp
 from claas_server.deps import Caller, ServerState, State, resolve_model
 from claas_server.errors import ERROR_RESPONSES, describe
 from claas_server.schemas import (
@@ -33,6 +34,7 @@ from claas_server.schemas import (
     ChunkDelta,
     CompletionRecord,
     CompletionRequest,
+    FollowUpInfo,
     ModelInfo,
     ModelList,
     TextChoice,
@@ -329,8 +331,10 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def completion_record(completion: Completion) -> CompletionRecord:
-    """The JSON form of a recorded completion."""
+def completion_record(
+    completion: Completion, followups: Sequence[FollowUp] = ()
+) -> CompletionRecord:
+    """The JSON form of a recorded completion (with its follow-ups, when given)."""
     return CompletionRecord(
         id=completion.id,
         adapter_id=completion.adapter_id,
@@ -348,6 +352,7 @@ def completion_record(completion: Completion) -> CompletionRecord:
             [(token, _finite(lp)) for token, lp in position] for position in completion.top_logprobs
         ],
         thinking=completion.thinking,
+        followups=[FollowUpInfo(**f.to_dict()) for f in followups],
     )
 
 
@@ -365,4 +370,4 @@ def get_chat_completion(completion_id: str, state: State, caller: Caller) -> Com
     completion = state.learner.get_completion(completion_id)
     if completion.adapter_id is not None:
         caller.require(completion.adapter_id)
-    return completion_record(completion)
+    return completion_record(completion, state.learner.followups(completion_id=completion.id))

@@ -468,7 +468,10 @@ class JobInfo(_Response):
 
     ``status`` moves from ``queued`` to ``running`` and ends ``applied`` (with
     ``version``), ``failed``, ``rejected`` (the guard kept the candidate from going
-    live) or ``cancelled``. Non-finite metrics and timings are ``null``.
+    live), ``cancelled`` or ``skipped`` (the pre-check found too little
+    teacher-student divergence to learn from: no new version,
+    ``metrics.precheck_divergence`` says how much). Non-finite metrics and
+    timings are ``null``.
     """
 
     id: str = Field(description="`job-...`")
@@ -527,6 +530,45 @@ class AdapterCreate(_Request):
         description=f"Modules to adapt; default {list(_LORA.target_modules)}.",
     )
     exist_ok: bool = False
+    learn_from_followups: bool | None = Field(
+        default=None,
+        description="Learn from the user's follow-up messages (default: the server's setting).",
+    )
+
+
+class AdapterSettingsUpdate(_Request):
+    """``PATCH /v1/adapters/{namespace}/{name}``: the settings to change (``null`` keeps one)."""
+
+    learn_from_followups: bool | None = Field(
+        default=None,
+        description="Turn each recognised follow-up into a feedback job on the answer it follows.",
+    )
+
+
+class AdapterSettingsInfo(_Response):
+    """An adapter's settings (``claas.AdapterSettings``)."""
+
+    object: Literal["adapter.settings"] = "adapter.settings"
+    adapter_id: str
+    learn_from_followups: bool
+
+
+class FollowUpInfo(_Response):
+    """A user message that continued a conversation after a served completion."""
+
+    id: str = Field(description="`fu-...`, the same however often the conversation is resent.")
+    object: Literal["claas.followup"] = "claas.followup"
+    completion_id: str = Field(description="The completion it follows.")
+    adapter_id: str
+    text: str = Field(description="The user's next message.")
+    created: float = Field(description="When it was first seen.")
+    job_id: str | None = Field(description="The feedback job it became, if the adapter learns.")
+    error: str | None = Field(description="Why no job was submitted although one was asked for.")
+
+
+class FollowUpList(_Response):
+    object: Literal["list"] = "list"
+    data: list[FollowUpInfo] = Field(description="Newest first.")
 
 
 class AdapterVersionInfo(_Response):
@@ -566,6 +608,10 @@ class CompletionRecord(_Response):
         description="Per response token, the most likely alternatives as [token_id, logprob]."
     )
     thinking: bool
+    followups: list[FollowUpInfo] = Field(
+        default_factory=list,
+        description="The user messages that followed this answer in later requests, newest first.",
+    )
 
 
 class AdapterInfo(_Response):
@@ -578,6 +624,9 @@ class AdapterInfo(_Response):
     live: AdapterVersionInfo | None = Field(default=None, description="The live version.")
     error: str | None = Field(
         default=None, description="Why the adapter cannot be served (a damaged LATEST pointer)."
+    )
+    learn_from_followups: bool | None = Field(
+        default=None, description="Whether follow-ups become feedback jobs (see PATCH)."
     )
 
 

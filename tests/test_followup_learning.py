@@ -1,0 +1,126 @@
+"""The simulated user of issue 18, on the embedded model: no ``feedback`` call anywhere.
+
+Sixteen short conversations. After each answer longer than one sentence the
+user writes a follow-up and moves on to the next question; the adapter learns
+from follow-ups, so each such follow-up becomes a feedback job through the
+normal queue. Held-out questions (never asked in a conversation) are answered
+greedily before and after.
+
+- "That's too long. One sentence, please." must make held-out answers at least
+  50% shorter.
+- The control, "Thanks. Next question.", must change their length by less
+  than 15%, and most of its jobs must be skipped by the pre-check (few versions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from claas import Learner, Settings
+from claas.eval.verifiers import count_sentences
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = (
+    "Why do leaves change color in the fall?",
+    "How does photosynthesis work?",
+    "What causes the seasons on Earth?",
+    "Why does ice float on water?",
+    "How do magnets work?",
+    "What is a black hole?",
+    "Why do we have tides?",
+    "How does the heart pump blood?",
+    "What makes a rainbow appear?",
+    "How do plants absorb water?",
+    "Why is the ocean salty?",
+    "What is DNA made of?",
+    "How do volcanoes form?",
+    "Why do stars twinkle?",
+    "How does sound travel?",
+    "What causes thunder?",
+)
+HELD_OUT = (
+    "Why is the sky blue?",
+    "How do vaccines work?",
+    "What causes earthquakes?",
+    "How do airplanes stay in the air?",
+)
+TOO_LONG = "That's too long. One sentence, please."
+NEUTRAL = "Thanks. Next question."
+ANSWER_TOKENS = 64
+
+
+def _held_out_tokens(learner: Learner, adapter: str) -> int:
+    """Total tokens of the greedy held-out answers under the live version."""
+    answers = [
+        learner.chat(
+            adapter, [{"role": "user", "content": q}], max_tokens=ANSWER_TOKENS, temperature=0
+        )
+        for q in HELD_OUT
+    ]
+    return sum(len(a.response_ids) for a in answers)
+
+
+def simulate_user(learner: Learner, adapter: str, follow_up: str) -> dict[str, float]:
+    """Run the 16 conversations; return held-out lengths, jobs and their outcomes."""
+    before = _held_out_tokens(learner, adapter)
+    for i, question in enumerate(QUESTIONS):
+        asked = [{"role": "user", "content": question}]
+        answer = learner.chat(adapter, asked, max_tokens=ANSWER_TOKENS, temperature=0.7, seed=i)
+        if count_sentences(answer.text) > 1:
+            turns = [
+                {"role": "assistant", "content": answer.text},
+                {"role": "user", "content": follow_up},
+            ]
+            learner.chat(adapter, [*asked, *turns], max_tokens=4, temperature=0)  # then moves on
+    jobs = [learner.wait(job.id, timeout=900) for job in learner.jobs(adapter, limit=100)]
+    after = _held_out_tokens(learner, adapter)
+    statuses = [job.status for job in jobs]
+    return {
+        "before": before,
+        "after": after,
+        "ratio": after / before,
+        "jobs": len(jobs),
+        "applied": statuses.count("applied"),
+        "skipped": statuses.count("skipped"),
+        "versions": learner.current_version(adapter).version,
+        "followups": len(learner.followups(adapter, limit=100)),
+    }
+
+
+@pytest.fixture
+def learner_on_followups(tmp_path: Path, models_dir: Path) -> Iterator[Learner]:
+    settings = Settings.load(
+        None,
+        data_dir=tmp_path / "data",
+        model_cache_dir=models_dir,
+        learn_from_followups=True,
+    )
+    learner = Learner(settings)
+    yield learner
+    learner.close()
+
+
+def test_too_long_follow_ups_make_held_out_answers_half_as_long(
+    learner_on_followups: Learner,
+) -> None:
+    learner = learner_on_followups
+    learner.init_adapter("sim/concise")
+    result = simulate_user(learner, "sim/concise", TOO_LONG)
+    print("too long:", result)
+    assert result["followups"] == result["jobs"] >= 8
+    assert all(job.status in ("applied", "skipped") for job in learner.jobs("sim/concise"))
+    assert result["ratio"] <= 0.5, result
+
+
+def test_neutral_follow_ups_change_little_and_mostly_skip(learner_on_followups: Learner) -> None:
+    learner = learner_on_followups
+    learner.init_adapter("sim/neutral")
+    result = simulate_user(learner, "sim/neutral", NEUTRAL)
+    print("neutral:", result)
+    assert result["followups"] == result["jobs"] >= 8
+    assert result["skipped"] > result["jobs"] / 2, result
+    assert abs(result["ratio"] - 1) < 0.15, result
