@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from claas import sdpo
+from claas.precision import autocast_choice
 from claas.config import Settings
 from claas.errors import NonFiniteUpdate, TrainingError
 from claas.models import (
@@ -58,7 +59,11 @@ class LocalTrainer:
     Args:
         settings: Model name, device and dtype.
         model: An already loaded base model for this engine's exclusive use (from
-            ``load_model(..., autocast=settings.autocast)``).
+            ``load_model(..., autocast=engine.autocast.enabled)``).
+
+    Attributes:
+        autocast: Whether it computes under bfloat16 autocast, resolved from
+            ``settings.autocast`` for its device.
     """
 
     name = "local"
@@ -66,6 +71,7 @@ class LocalTrainer:
     def __init__(self, settings: Settings, *, model: Any = None) -> None:
         self.settings = settings
         self._device = resolve_device(settings.device)
+        self.autocast = autocast_choice(settings.autocast, self._device)
         self._base = model
         self._peft: Any = None
         self._slots: dict[str, str] = {}
@@ -81,7 +87,7 @@ class LocalTrainer:
                 models_dir=self.settings.models_dir,
                 device=self._device,
                 dtype=self.settings.dtype,
-                autocast=self.settings.autocast,
+                autocast=self.autocast.enabled,
             )
         return self._base
 
@@ -269,7 +275,7 @@ class LocalTrainer:
     def _hidden(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         base = self._peft.get_base_model()
         backbone = getattr(base, base.base_model_prefix)
-        with autocast_context(self._device, self.settings.autocast):
+        with autocast_context(self._device, self.autocast.enabled):
             return backbone(input_ids=ids, attention_mask=attention).last_hidden_state
 
     def _lm_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -278,7 +284,7 @@ class LocalTrainer:
         Float32, or bfloat16 under autocast, where ``load_model`` already holds it in
         bfloat16 (the log-softmax after it is float32 either way).
         """
-        dtype = torch.bfloat16 if self.settings.autocast else torch.float32
+        dtype = torch.bfloat16 if self.autocast.enabled else torch.float32
         head = self._peft.get_base_model().get_output_embeddings()
         bias = getattr(head, "bias", None)
         return head.weight.detach().to(dtype), bias.detach().to(dtype) if bias is not None else None
