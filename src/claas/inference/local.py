@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from claas.precision import autocast_choice
 from claas.config import Settings
 from claas.errors import InvalidRequest
 from claas.inference._lora_slots import LoraSlots
@@ -30,6 +29,7 @@ from claas.models import (
     load_tokenizer,
     resolve_device,
 )
+from claas.precision import autocast_choice
 from claas.teacher import encode_chat
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
 

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from claas import sdpo
-from claas.precision import autocast_choice
 from claas.config import Settings
 from claas.errors import NonFiniteUpdate, TrainingError
 from claas.models import (
@@ -28,6 +27,7 @@ from claas.models import (
     load_model,
     resolve_device,
 )
+from claas.precision import autocast_choice
 from claas.teacher import DistillSample
 from claas.training._batch import Batch, collate, remote_teacher_topk
 from claas.types import AdapterVersion, DistillConfig, DistillResult, LoraSpec, TeacherTopKLists

@@ -31,8 +31,8 @@ class WorkerBody:
     """
 
     def __init__(self, settings: Settings, *, cache_dir: Path, max_cached: int = 8) -> None:
-        from claas.precision import autocast_choice
         from claas.models import load_model, resolve_device
+        from claas.precision import autocast_choice
         from claas.training.local import LocalTrainer
 
         self.settings = settings
