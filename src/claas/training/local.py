@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from claas import sdpo
+from claas._fast_forward import install_attention, install_lora_forward
 from claas.config import Settings
 from claas.errors import NonFiniteUpdate, TrainingError
 from claas.models import (
@@ -60,6 +61,8 @@ class LocalTrainer:
         settings: Model name, device and dtype.
         model: An already loaded base model for this engine's exclusive use (from
             ``load_model(..., autocast=engine.autocast.enabled)``).
+        fast_forward: Run LoRA layers and attention through :mod:`claas._fast_forward`
+            (the default); ``False`` keeps PEFT's and transformers' own, for comparisons.
 
     Attributes:
         autocast: Whether it computes under bfloat16 autocast, resolved from
@@ -68,8 +71,9 @@ class LocalTrainer:
 
     name = "local"
 
-    def __init__(self, settings: Settings, *, model: Any = None) -> None:
+    def __init__(self, settings: Settings, *, model: Any = None, fast_forward: bool = True) -> None:
         self.settings = settings
+        self.fast_forward = fast_forward
         self._device = resolve_device(settings.device)
         self.autocast = autocast_choice(settings.autocast, self._device)
         self._base = model
@@ -117,6 +121,9 @@ class LocalTrainer:
                 )
             else:
                 self._peft.add_adapter(name, config, autocast_adapter_dtype=True)
+            if self.fast_forward:
+                install_lora_forward(self._peft)
+                install_attention(self._base_model())
             self._slots[key] = name
         self._peft.set_adapter(name)
         # Dropout stays off: the teacher shares these weights (FACTS §1).
