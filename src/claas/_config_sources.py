@@ -14,10 +14,12 @@ from typing import Any
 
 from claas.errors import InvalidConfig
 
-__all__ = ["coerce", "error", "parse_api_keys", "read_env", "read_toml"]
+__all__ = ["BOOL_TEXT", "coerce", "error", "parse_api_keys", "read_env", "read_toml"]
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+# How text reads as a bool, for fields that take a bool among other values.
+BOOL_TEXT = {**dict.fromkeys(_TRUE, True), **dict.fromkeys(_FALSE, False)}
 
 
 def error(field: str, value: object, rule: str) -> InvalidConfig:

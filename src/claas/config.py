@@ -129,6 +129,18 @@ def _check_device(_: object, attribute: attrs.Attribute[str], value: str) -> Non
         raise _error("device", value, f"must be one of {DEVICE_KINDS} or cuda:N")
 
 
+def _autocast_setting(value: Any) -> bool | Literal["auto"]:
+    """``auto``, or a bool (text reads as every bool setting's does)."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text == "auto":
+        return "auto"
+    if text in sources.BOOL_TEXT:
+        return sources.BOOL_TEXT[text]
+    if not isinstance(value, bool):
+        raise _error("autocast", value, "must be true, false or 'auto'")
+    return value
+
+
 def _check_api_keys(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     field = "server.api_keys"
     if not isinstance(value, Mapping):
@@ -359,8 +371,10 @@ class Settings:
         dtype: Weight dtype; ``auto`` is float32 on CPU and bfloat16 on GPU.
         autocast: Compute in bfloat16 with float32 LoRA master weights: the
             frozen linear weights (and the LM head) are held in bfloat16, norms,
-            embeddings and every log-softmax stay float32 (faster on CPUs with
-            AVX-512 BF16 or AMX and on GPUs).
+            embeddings and every log-softmax stay float32. ``auto`` (the default)
+            turns it on where the device computes bfloat16 matmuls natively (CUDA
+            with bfloat16, x86 CPUs with AVX512-BF16 or AMX) and off elsewhere;
+            ``True``/``False`` decide (see :mod:`claas.precision`).
         thinking: Enable the thinking mode of reasoning models (Qwen3) for
             student and teacher alike.
         teacher_template: How the feedback is shown to the teacher: a format
@@ -392,7 +406,7 @@ class Settings:
     training_engine: str = attrs.field(default="local", validator=_registered_name)
     device: str = attrs.field(default="auto", validator=_check_device)
     dtype: Dtype = attrs.field(default="auto", validator=_choice(DTYPES))
-    autocast: bool = False
+    autocast: bool | Literal["auto"] = attrs.field(default="auto", converter=_autocast_setting)
     thinking: bool = False
     teacher_template: str | None = attrs.field(default=None, validator=_check_template)
     keep_versions: int = attrs.field(default=20, validator=_positive_int)

@@ -29,6 +29,7 @@ from claas.models import (
     load_tokenizer,
     resolve_device,
 )
+from claas.precision import autocast_choice
 from claas.teacher import encode_chat
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
 
@@ -44,8 +45,12 @@ class LocalInference:
     Args:
         settings: Model name, device, dtype, cache size and limits.
         model: An already loaded base model to use instead of loading one (from
-            ``load_model(..., autocast=settings.autocast)``).
+            ``load_model(..., autocast=inference.autocast.enabled)``).
         tokenizer: Its tokenizer.
+
+    Attributes:
+        autocast: Whether it computes under bfloat16 autocast, resolved from
+            ``settings.autocast`` for its device.
     """
 
     name = "local"
@@ -56,6 +61,7 @@ class LocalInference:
         self._tokenizer = tokenizer
         self._lock = threading.RLock()
         self._device = resolve_device(settings.device)
+        self.autocast = autocast_choice(settings.autocast, self._device)
         self._slots = LoraSlots(self._base, settings.adapter_cache_size, self._device)
 
     @property
@@ -76,7 +82,7 @@ class LocalInference:
                 models_dir=self.settings.models_dir,
                 device=self._device,
                 dtype=self.settings.dtype,
-                autocast=self.settings.autocast,
+                autocast=self.autocast.enabled,
             )
         return self._model
 
@@ -172,7 +178,7 @@ class LocalInference:
                 sampling,
                 eos_ids=eos_ids,
                 device=self._device,
-                autocast=self.settings.autocast,
+                autocast=self.autocast.enabled,
             )
 
     def score(
@@ -187,7 +193,7 @@ class LocalInference:
 
         check_score_limits(self.settings, prompt_ids, response_ids)
         ids = torch.tensor([[*prompt_ids, *response_ids]], device=self._device)
-        autocast = autocast_context(self._device, self.settings.autocast)
+        autocast = autocast_context(self._device, self.autocast.enabled)
         with self._using(adapter) as model, torch.inference_mode(), autocast:
             logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
         logprobs = _token_logprobs(logits, ids[0, len(prompt_ids) :])

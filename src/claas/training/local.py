@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from claas import sdpo
+from claas._fast_forward import install_attention, install_lora_forward
 from claas.config import Settings
 from claas.errors import NonFiniteUpdate, TrainingError
 from claas.models import (
@@ -27,6 +28,7 @@ from claas.models import (
     load_model,
     resolve_device,
 )
+from claas.precision import autocast_choice
 from claas.teacher import DistillSample
 from claas.training._batch import Batch, collate, remote_teacher_topk
 from claas.types import AdapterVersion, DistillConfig, DistillResult, LoraSpec, TeacherTopKLists
@@ -58,14 +60,22 @@ class LocalTrainer:
     Args:
         settings: Model name, device and dtype.
         model: An already loaded base model for this engine's exclusive use (from
-            ``load_model(..., autocast=settings.autocast)``).
+            ``load_model(..., autocast=engine.autocast.enabled)``).
+        fast_forward: Run LoRA layers and attention through :mod:`claas._fast_forward`
+            (the default); ``False`` keeps PEFT's and transformers' own, for comparisons.
+
+    Attributes:
+        autocast: Whether it computes under bfloat16 autocast, resolved from
+            ``settings.autocast`` for its device.
     """
 
     name = "local"
 
-    def __init__(self, settings: Settings, *, model: Any = None) -> None:
+    def __init__(self, settings: Settings, *, model: Any = None, fast_forward: bool = True) -> None:
         self.settings = settings
+        self.fast_forward = fast_forward
         self._device = resolve_device(settings.device)
+        self.autocast = autocast_choice(settings.autocast, self._device)
         self._base = model
         self._peft: Any = None
         self._slots: dict[str, str] = {}
@@ -81,7 +91,7 @@ class LocalTrainer:
                 models_dir=self.settings.models_dir,
                 device=self._device,
                 dtype=self.settings.dtype,
-                autocast=self.settings.autocast,
+                autocast=self.autocast.enabled,
             )
         return self._base
 
@@ -111,6 +121,9 @@ class LocalTrainer:
                 )
             else:
                 self._peft.add_adapter(name, config, autocast_adapter_dtype=True)
+            if self.fast_forward:
+                install_lora_forward(self._peft)
+                install_attention(self._base_model())
             self._slots[key] = name
         self._peft.set_adapter(name)
         # Dropout stays off: the teacher shares these weights (FACTS §1).
@@ -323,7 +336,7 @@ class LocalTrainer:
     def _hidden(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         base = self._peft.get_base_model()
         backbone = getattr(base, base.base_model_prefix)
-        with autocast_context(self._device, self.settings.autocast):
+        with autocast_context(self._device, self.autocast.enabled):
             return backbone(input_ids=ids, attention_mask=attention).last_hidden_state
 
     def _lm_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -332,7 +345,7 @@ class LocalTrainer:
         Float32, or bfloat16 under autocast, where ``load_model`` already holds it in
         bfloat16 (the log-softmax after it is float32 either way).
         """
-        dtype = torch.bfloat16 if self.settings.autocast else torch.float32
+        dtype = torch.bfloat16 if self.autocast.enabled else torch.float32
         head = self._peft.get_base_model().get_output_embeddings()
         bias = getattr(head, "bias", None)
         return head.weight.detach().to(dtype), bias.detach().to(dtype) if bias is not None else None

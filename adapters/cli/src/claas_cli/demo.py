@@ -31,14 +31,18 @@ def demo(
 ) -> None:
     """Watch the bundled model learn to answer concisely from text feedback."""
     from claas.demo import FEEDBACK, run_demo
+    from claas.models import resolve_device
+    from claas.precision import autocast_choice
 
     state = state_of(ctx, json=json)
     console = state.out.progress_console
     with state.learner() as learner:
         settings = learner.settings
+        device = resolve_device(settings.device)
+        precision = autocast_choice(settings.autocast, device).describe()
         console.print(
-            f"[bold]CLaaS demo[/] on {escape(settings.base_model)} "
-            f"(data: {escape(str(settings.data_dir))})"
+            f"[bold]CLaaS demo[/] on {escape(settings.base_model)}, {device}, "
+            f"{escape(precision)} (data: {escape(str(settings.data_dir))})"
         )
         console.print(f"Feedback on every training answer: [italic]{escape(repr(FEEDBACK))}[/]\n")
         with Progress(

@@ -32,18 +32,20 @@ class WorkerBody:
 
     def __init__(self, settings: Settings, *, cache_dir: Path, max_cached: int = 8) -> None:
         from claas.models import load_model, resolve_device
+        from claas.precision import autocast_choice
         from claas.training.local import LocalTrainer
 
         self.settings = settings
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.max_cached = max_cached
+        device = resolve_device(settings.device)
         model = load_model(
             settings.base_model,
             models_dir=settings.models_dir,
-            device=resolve_device(settings.device),
+            device=device,
             dtype=settings.dtype,
-            autocast=settings.autocast,
+            autocast=autocast_choice(settings.autocast, device).enabled,
         )
         self.trainer = LocalTrainer(settings, model=model)
         # One update at a time: the trainer holds one set of LoRA weights in memory.

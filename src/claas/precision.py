@@ -1,0 +1,108 @@
+"""Whether a device computes bfloat16 matmuls natively, and what ``autocast="auto"`` means.
+
+``Settings.autocast`` is ``True``, ``False`` or ``"auto"`` (the default). ``auto`` turns
+bfloat16 autocast on where bfloat16 matmuls run in hardware, so they are about twice as
+fast as float32 ones, and off elsewhere (emulated bfloat16 is slower than float32):
+
+- CUDA: ``torch.cuda.is_bf16_supported(including_emulation=False)`` (Ampere and newer);
+- x86 CPUs: the ``avx512_bf16`` or ``amx_bf16`` flag, read from ``/proc/cpuinfo`` on
+  Linux, elsewhere from torch's own CPU probe (``torch.cpu._is_avx512_bf16_supported``,
+  which reads the same CPUID bits through the cpuinfo library);
+- any other device (``mps``, other CPUs): off.
+
+The CPU is probed once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+__all__ = ["AutocastChoice", "CPU_BF16_FLAGS", "autocast_choice", "cpu_bf16_flags"]
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+@attrs.frozen
+class AutocastChoice:
+    """The resolved autocast setting: on or off, and why.
+
+    Attributes:
+        enabled: Whether models run under bfloat16 autocast.
+        reason: How it was decided, for display (``auto: CPU has amx_bf16``).
+    """
+
+    enabled: bool
+    reason: str
+
+    def describe(self) -> str:
+        """``bfloat16 autocast (auto: ...)`` or ``float32 (...)``, for settings displays."""
+        return f"{'bfloat16 autocast' if self.enabled else 'float32'} ({self.reason})"
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
+    """The native-bfloat16 CPU flags present (see :data:`CPU_BF16_FLAGS`).
+
+    Args:
+        cpuinfo: Text in the ``/proc/cpuinfo`` format; ``None`` reads this machine's
+            (or, without that file, asks torch's CPU probe).
+    """
+    if cpuinfo is None:
+        return _this_cpu_flags()
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return tuple(f for f in CPU_BF16_FLAGS if f in flags)
+
+
+@functools.cache
+def _this_cpu_flags() -> tuple[str, ...]:
+    if _CPUINFO.exists():
+        return cpu_bf16_flags(_CPUINFO.read_text())
+    import torch
+
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return ("avx512_bf16",) if probe is not None and probe() else ()
+
+
+def _cuda_native_bf16(device: str) -> bool:
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    with torch.cuda.device(device):
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+def autocast_choice(
+    setting: bool | Literal["auto"], device: str, *, cpuinfo: str | None = None
+) -> AutocastChoice:
+    """Resolve ``Settings.autocast`` for a resolved ``device`` (``cpu``, ``cuda:0``...).
+
+    Args:
+        setting: ``True``/``False`` (always win) or ``"auto"``.
+        device: The device the models run on (not ``auto``).
+        cpuinfo: ``/proc/cpuinfo`` text to judge instead of this machine's (tests).
+    """
+    if setting is not True and setting is not False:
+        return _auto(device, cpuinfo)
+    return AutocastChoice(setting, "set explicitly")
+
+
+def _auto(device: str, cpuinfo: str | None) -> AutocastChoice:
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        native = _cuda_native_bf16(device)
+        return AutocastChoice(native, f"auto: {'' if native else 'no '}native bfloat16 on {device}")
+    if kind == "cpu":
+        flags = cpu_bf16_flags(cpuinfo)
+        if flags:
+            return AutocastChoice(True, f"auto: CPU has {', '.join(flags)}")
+        return AutocastChoice(False, "auto: CPU has neither avx512_bf16 nor amx_bf16")
+    return AutocastChoice(False, f"auto: off on {device}")

@@ -1,0 +1,131 @@
+"""The fused LoRA forward and the float32 training attention compute what they replace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from claas import DistillConfig, LoraSpec, Settings
+from claas._fast_forward import install_lora_forward
+from claas.models import load_tokenizer
+from claas.teacher import DistillSample, build_sample_from_text
+from claas.training._batch import collate
+from claas.training.local import LocalTrainer, lora_parameters
+from claas.types import ChatMessage
+
+
+class _Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = torch.nn.Linear(16, 32)
+        self.down = torch.nn.Linear(32, 16, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x)))
+
+
+def _tiny_peft(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"], lora_dropout=0.0)
+    model = get_peft_model(_Block(), config)
+    model.add_adapter("second", LoraConfig(r=2, lora_alpha=2, target_modules=["up"]))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    return model
+
+
+def _run(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    for p in lora:
+        p.requires_grad_(True)
+        p.grad = None
+    out = model(x)
+    out.square().sum().backward()
+    return out.detach(), [p.grad.clone() if p.grad is not None else torch.zeros(0) for p in lora]
+
+
+@pytest.mark.parametrize("adapter", ["default", "second"])
+def test_fused_lora_forward_matches_peft_outputs_and_gradients(adapter: str) -> None:
+    x = torch.randn(3, 5, 16)
+    plain, fused = _tiny_peft(0), _tiny_peft(0)
+    assert install_lora_forward(fused) == 2
+    assert install_lora_forward(fused) == 0  # already installed
+    for model in (plain, fused):
+        model.set_adapter(adapter)
+    want, want_grads = _run(plain, x)
+    got, got_grads = _run(fused, x)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w)
+    with plain.disable_adapter(), fused.disable_adapter():
+        torch.testing.assert_close(fused(x), plain(x))
+
+
+def test_fused_lora_forward_under_bfloat16_autocast_stays_close() -> None:
+    x = torch.randn(4, 16)
+    plain, fused = _tiny_peft(1), _tiny_peft(1)
+    install_lora_forward(fused)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = plain(x), fused(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.fixture(scope="module")
+def sample(models_dir: Path) -> DistillSample:
+    tokenizer = load_tokenizer(Settings().base_model, models_dir=models_dir)
+    question = [ChatMessage(role="user", content="Why is the sky blue? Explain briefly.")]
+    answer = "The sky looks blue because air scatters short blue wavelengths of sunlight more."
+    return build_sample_from_text(tokenizer, question, answer, "Way too long. One sentence.")
+
+
+def _loss_and_grad(
+    settings: Settings, sample: DistillSample, *, fast: bool
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """One SDPO loss and its LoRA gradient from fixed non-zero LoRA weights."""
+    engine = LocalTrainer(settings, fast_forward=fast)
+    config = DistillConfig(top_k=20)
+    slot = engine._slot(LoraSpec(rank=8, alpha=16.0))
+    params = lora_parameters(engine._peft, slot)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, param in params:
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    batch = collate([sample], device="cpu")
+    teacher = engine._teacher_topk(batch, config)
+    loss, _ = engine._loss(batch, teacher, config, None)
+    loss.backward()
+    grad = torch.cat([p.grad.flatten() for _, p in params])
+    engine.close()
+    return float(loss.detach()), grad, teacher.logprobs
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.slow
+def test_fast_step_gives_the_loss_and_gradient_of_the_plain_path(
+    settings: Settings, sample: DistillSample
+) -> None:
+    fp32 = settings.evolve(autocast=False)
+    loss, grad, teacher = _loss_and_grad(fp32, sample, fast=False)
+    fast_loss, fast_grad, fast_teacher = _loss_and_grad(fp32, sample, fast=True)
+    assert fast_loss == pytest.approx(loss, rel=1e-5)
+    assert _relative(fast_grad, grad) < 1e-4
+    torch.testing.assert_close(fast_teacher, teacher)
+
+    # Under bfloat16 autocast both paths round; the fast one may not be further from
+    # the float32 result than the plain one, beyond bfloat16 noise.
+    bf16 = settings.evolve(autocast=True)
+    plain_loss, plain_grad, _ = _loss_and_grad(bf16, sample, fast=False)
+    bf_loss, bf_grad, _ = _loss_and_grad(bf16, sample, fast=True)
+    plain_error = _relative(plain_grad, grad)
+    assert 0 < plain_error < 0.2
+    assert _relative(bf_grad, grad) < 1.5 * plain_error + 0.02
+    assert abs(bf_loss - loss) < 1.5 * abs(plain_loss - loss) + 0.02 * abs(loss)
+    assert torch.nn.functional.cosine_similarity(bf_grad, plain_grad, dim=0) > 0.99
