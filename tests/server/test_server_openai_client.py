@@ -103,6 +103,70 @@ def test_client_raises_the_right_errors(fake_server: str) -> None:
         _client(fake_server, "wrong-key-0123456").models.list()
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_client_sends_what_openclaw_sends(fake_server: str) -> None:
+    """OpenClaw's request shape: tools, stream_options, max_completion_tokens, a cache key."""
+    client = _client(fake_server, KEY_ALPHA)
+    system = {"role": "system", "content": "You are a personal assistant. " * 400}
+    chunks = list(
+        client.chat.completions.create(
+            model="alpha/bot",
+            messages=[system, *USER],
+            stream=True,
+            stream_options={"include_usage": True},
+            max_completion_tokens=8,
+            tools=[WEATHER],  # type: ignore[list-item]
+            tool_choice="auto",
+            prompt_cache_key="session-1234:0",
+        )
+    )
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None and usage.completion_tokens == 8
+    record = client.get(f"/chat/completions/{chunks[0].id}", cast_to=httpx.Response).json()
+    prompt = bytes(i for i in record["prompt_ids"] if i < 256).decode()
+    assert '"name": "get_weather"' in prompt, "the tool definitions were rendered into the prompt"
+    assert "personal assistant" in prompt
+    assert len(record["response_ids"]) == 8
+
+    plain = client.chat.completions.create(
+        model="alpha/bot",
+        messages=USER,
+        tools=[WEATHER],
+        tool_choice="none",  # type: ignore[list-item]
+    )
+    record = client.get(f"/chat/completions/{plain.id}", cast_to=httpx.Response).json()
+    assert "get_weather" not in bytes(i for i in record["prompt_ids"] if i < 256).decode()
+    assert plain.choices[0].message.tool_calls is None
+
+
+def test_client_sees_tool_refusals(fake_server: str) -> None:
+    client = _client(fake_server, KEY_ALPHA)
+    with pytest.raises(openai.BadRequestError, match="cannot force a tool call") as forced:
+        client.chat.completions.create(
+            model="alpha/bot",
+            messages=USER,
+            tools=[WEATHER],
+            tool_choice="required",  # type: ignore[list-item]
+        )
+    assert forced.value.code == "tools_unsupported"
+    with pytest.raises(openai.BadRequestError, match="function"):
+        client.chat.completions.create(
+            model="alpha/bot",
+            messages=USER,
+            tools=[{"type": "function"}],  # type: ignore[list-item]
+        )
+
+
 @pytest.mark.slow
 def test_learning_loop_with_the_bundled_model(tmp_path: Path) -> None:
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
@@ -159,6 +223,16 @@ def _loop(client: openai.OpenAI) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
+
+    # SmolLM2's chat template has no tools: a clear 400, not a prompt without them.
+    with pytest.raises(openai.BadRequestError, match="does not render tools") as no_tools:
+        client.chat.completions.create(
+            model="alpha/bot",
+            messages=USER,
+            tools=[WEATHER],
+            stream=True,  # type: ignore[list-item]
+        )
+    assert no_tools.value.code == "tools_unsupported"
 
     # The local backend cannot score a remote teacher: a clear 400 that records nothing.
     with pytest.raises(openai.BadRequestError) as refused:
