@@ -179,8 +179,20 @@ class Gateway:
         started = time.monotonic()
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [str(self.install.node), str(self.install.cli), "gateway", "run", "--port",
-                 str(self.port), "--bind", "loopback", "--auth", "token", "--token", self.token],
+                [
+                    str(self.install.node),
+                    str(self.install.cli),
+                    "gateway",
+                    "run",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "loopback",
+                    "--auth",
+                    "token",
+                    "--token",
+                    self.token,
+                ],
                 cwd=self.home,
                 env=self.env,
                 stdout=log,
@@ -231,9 +243,18 @@ class Gateway:
     def call(self, method: str, params: Mapping[str, Any], timeout: float = 60.0) -> Any:
         """``openclaw gateway call <method>`` over the WebSocket, as the CLI does it."""
         command = [
-            str(self.install.node), str(self.install.cli), "gateway", "call", method, "--json",
-            "--params", json.dumps(params), "--url", f"ws://127.0.0.1:{self.port}",
-            "--token", self.token,
+            str(self.install.node),
+            str(self.install.cli),
+            "gateway",
+            "call",
+            method,
+            "--json",
+            "--params",
+            json.dumps(params),
+            "--url",
+            f"ws://127.0.0.1:{self.port}",
+            "--token",
+            self.token,
         ]
         done = subprocess.run(
             command, cwd=self.home, env=self.env, capture_output=True, timeout=timeout, check=False
