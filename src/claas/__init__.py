@@ -45,6 +45,7 @@ from claas.errors import (
     PermissionDenied,
     QueueFull,
     StorageError,
+    ToolsUnsupported,
     TrainingError,
     VersionNotFound,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "Settings",
     "StorageError",
     "TinkerSettings",
+    "ToolsUnsupported",
     "TrainingError",
     "VersionNotFound",
     "VllmSettings",
