@@ -273,18 +273,17 @@ class Gateway:
         return messages
 
     def command(self, session_key: str, text: str, timeout: float = 60.0) -> str:
-        """Send a slash command with ``chat.send`` and return the reply that follows it."""
-        before = len(self.history(session_key))
-        self.call(
-            "chat.send",
-            {"sessionKey": session_key, "message": text, "idempotencyKey": uuid.uuid4().hex},
-        )
+        """Send a slash command with ``chat.send`` and return the gateway's reply to it.
+
+        The reply carries the request's ``idempotencyKey``, which is how it is found.
+        """
+        key = uuid.uuid4().hex
+        self.call("chat.send", {"sessionKey": session_key, "message": text, "idempotencyKey": key})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            new = self.history(session_key)[before:]
-            replies = [m for m in new if m.get("role") == "assistant" and message_text(m)]
-            if replies:
-                return message_text(replies[-1])
+            for message in self.history(session_key):
+                if message.get("role") == "assistant" and message.get("idempotencyKey") == key:
+                    return message_text(message)
             time.sleep(0.5)
         raise AssertionError(f"no reply to {text!r} in {timeout} s:\n{self.log()}")
 
