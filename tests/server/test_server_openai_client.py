@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import openai
 import pytest
@@ -19,6 +20,9 @@ from server_support import KEY_ALPHA, KEY_BETA, fake_learner, serving
 
 from claas import Learner, Settings
 from claas.config import ServerSettings
+from claas.inference.base import Generation
+from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
+from claas.tools import ToolCall
 from claas_server import create_app
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
@@ -165,6 +169,47 @@ def test_client_sees_tool_refusals(fake_server: str) -> None:
             messages=USER,
             tools=[{"type": "function"}],  # type: ignore[list-item]
         )
+
+
+class ToolCallingInference(FakeInference):
+    """A fake of vLLM with a tool-call parser (none runs here): every answer calls a tool."""
+
+    def generate(self, *args: Any, **kwargs: Any) -> Generation:
+        generation = super().generate(*args, **kwargs)
+        call = ToolCall("call_1", "get_weather", '{"city": "Paris"}')
+        return attrs.evolve(generation, raw_text="", tool_calls=(call,), finish_reason="tool_calls")
+
+
+def test_client_reads_tool_calls(tmp_path: Path) -> None:
+    learner = Learner(
+        Settings(data_dir=tmp_path).evolve(api_keys={KEY_ALPHA: ("alpha",)}),
+        inference=ToolCallingInference(),
+        engine=FakeTrainer(),
+        tokenizer=FakeTokenizer(),
+    )
+    learner.init_adapter("alpha/bot")
+    try:
+        with serving(create_app(learner=learner)) as base_url:
+            client = _client(base_url, KEY_ALPHA)
+            ask: dict[str, Any] = {"model": "alpha/bot", "messages": USER, "tools": [WEATHER]}
+            answer = client.chat.completions.create(**ask)
+            message = answer.choices[0].message
+            assert message.content is None and answer.choices[0].finish_reason == "tool_calls"
+            assert message.tool_calls is not None and len(message.tool_calls) == 1
+            call = message.tool_calls[0]
+            assert (call.id, call.function.name) == ("call_1", "get_weather")
+            assert call.function.arguments == '{"city": "Paris"}'
+
+            chunks = list(client.chat.completions.create(**ask, stream=True))
+            streamed = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or ()]
+            assert [(t.index, t.id, t.function.name) for t in streamed] == [
+                (0, "call_1", "get_weather")
+            ]
+            assert chunks[-1].choices[0].finish_reason == "tool_calls"
+            record = client.get(f"/chat/completions/{answer.id}", cast_to=httpx.Response).json()
+            assert record["response_ids"], "the call's tokens are what feedback trains on"
+    finally:
+        learner.close()
 
 
 @pytest.mark.slow
