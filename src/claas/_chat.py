@@ -40,6 +40,7 @@ def completion_of(
         created=time.time(),
         top_logprobs=generation.top_logprobs,
         thinking=settings.thinking,
+        tool_calls=generation.tool_calls,
     )
 
 

@@ -8,7 +8,8 @@ each subclass also inherits the standard-library exception it stands for, so
     ├── InvalidRequest (ValueError)
     │   ├── InvalidAdapterId
     │   ├── InvalidConfig
-    │   └── PayloadTooLarge
+    │   ├── PayloadTooLarge
+    │   └── ToolsUnsupported
     ├── NotFound (LookupError)
     │   ├── AdapterNotFound
     │   ├── VersionNotFound
@@ -53,6 +54,7 @@ __all__ = [
     "NonFiniteUpdate",
     "NotFound",
     "PayloadTooLarge",
+    "ToolsUnsupported",
     "PermissionDenied",
     "QueueFull",
     "StorageError",
@@ -82,6 +84,10 @@ class InvalidConfig(InvalidRequest):
 
 class PayloadTooLarge(InvalidRequest):
     """A prompt, response or request exceeds a configured limit."""
+
+
+class ToolsUnsupported(InvalidRequest):
+    """The request offers tools, and the serving backend or its chat template cannot take them."""
 
 
 class NotFound(ClaasError, LookupError):
@@ -168,6 +174,7 @@ _CLASSES: tuple[type[ClaasError], ...] = (
     InvalidAdapterId,
     InvalidConfig,
     PayloadTooLarge,
+    ToolsUnsupported,
     NotFound,
     AdapterNotFound,
     VersionNotFound,

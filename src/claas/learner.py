@@ -17,6 +17,7 @@ import uuid
 import weakref
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from claas._adapter_locks import AdapterLocks
 from claas._chat import completion_of, score_response, stream_of
@@ -37,6 +38,7 @@ from claas.records import FeedbackEvent, LineageEntry, RecordsBackend, RollbackE
 from claas.results import ChatStream, Score
 from claas.storage import AdapterStore, LocalAdapterStore, summarize, summarize_all
 from claas.teacher import ChatTokenizer
+from claas.tools import pop_tools
 from claas.training.base import TrainingEngine
 from claas.types import (
     AdapterSummary,
@@ -284,6 +286,17 @@ class Learner:
             return None
         return self._store.get(validate_adapter_id(adapter_id))
 
+    def _serve(
+        self, adapter_id: str | None, messages: MessagesLike, sampling: dict[str, object]
+    ) -> tuple[tuple[ChatMessage, ...], AdapterVersion | None, dict[str, Any]]:
+        """The checked messages, the serving version and the backend's keyword arguments."""
+        chat_messages = messages_from_dicts(messages)
+        tools = pop_tools(sampling)
+        params, version = SamplingParams.from_kwargs(**sampling), self._serving_version(adapter_id)
+        self._followups.observe(version.adapter_id if version else None, chat_messages)
+        serve = {"adapter": version, "sampling": params, "thinking": self.settings.thinking}
+        return chat_messages, version, {**serve, "tools": tools}
+
     def _completion(
         self,
         completion_id: str,
@@ -307,7 +320,8 @@ class Learner:
             adapter_id: ``namespace/name``, or ``None`` for the base model.
             messages: OpenAI-style ``{"role", "content"}`` dicts or ChatMessages.
             **sampling: ``max_tokens``, ``temperature`` (0 = greedy), ``top_p``,
-                ``top_k``, ``seed``, ``stop``, ``top_logprobs``.
+                ``top_k``, ``seed``, ``stop``, ``top_logprobs``; and ``tools``
+                (:class:`claas.tools.Tools`) to offer the model.
 
         Returns:
             The recorded :class:`Completion`; pass ``completion.id`` to ``feedback``.
@@ -317,13 +331,8 @@ class Learner:
             InvalidRequest: On malformed messages or sampling options.
             PayloadTooLarge: If the prompt exceeds the configured limit.
         """
-        chat_messages = messages_from_dicts(messages)
-        params = SamplingParams.from_kwargs(**sampling)
-        version = self._serving_version(adapter_id)
-        self._followups.observe(version.adapter_id if version else None, chat_messages)
-        generation = self.inference.generate(
-            chat_messages, adapter=version, sampling=params, thinking=self.settings.thinking
-        )
+        chat_messages, version, serve = self._serve(adapter_id, messages, sampling)
+        generation = self.inference.generate(chat_messages, **serve)
         return self._completion(_new_id(), version, chat_messages, generation)
 
     def chat_stream(
@@ -333,13 +342,8 @@ class Learner:
 
         Errors in the request are raised here, before any text is produced.
         """
-        chat_messages = messages_from_dicts(messages)
-        params = SamplingParams.from_kwargs(**sampling)
-        version = self._serving_version(adapter_id)
-        self._followups.observe(version.adapter_id if version else None, chat_messages)
-        deltas = self.inference.stream(
-            chat_messages, adapter=version, sampling=params, thinking=self.settings.thinking
-        )
+        chat_messages, version, serve = self._serve(adapter_id, messages, sampling)
+        deltas = self.inference.stream(chat_messages, **serve)
         return stream_of(
             _new_id(), version, deltas, lambda i, g: self._completion(i, version, chat_messages, g)
         )

@@ -19,6 +19,7 @@ import attrs
 
 from claas.errors import InvalidRequest, PayloadTooLarge
 from claas.thinking import chat_template_kwargs
+from claas.tools import Tools
 from claas.types import ChatMessage, Completion
 
 __all__ = [
@@ -114,15 +115,24 @@ def teacher_messages(
 
 
 def encode_chat(
-    tokenizer: ChatTokenizer, messages: Sequence[ChatMessage], *, thinking: bool = False
+    tokenizer: ChatTokenizer,
+    messages: Sequence[ChatMessage],
+    *,
+    thinking: bool = False,
+    tools: Tools | None = None,
 ) -> list[int]:
-    """Token ids of a conversation with the assistant generation prompt appended."""
+    """Token ids of a conversation with the assistant generation prompt appended.
+
+    ``tools`` (when offered) are rendered by the chat template, as it lays them out.
+    """
+    extra = {"tools": list(tools.definitions)} if tools is not None and tools.offered else {}
     encoded = tokenizer.apply_chat_template(
         [m.to_dict() for m in messages],
         add_generation_prompt=True,
         tokenize=True,
         return_dict=True,
         **chat_template_kwargs(thinking),
+        **extra,
     )
     return [int(i) for i in encoded["input_ids"]]
 

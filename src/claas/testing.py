@@ -31,7 +31,8 @@ from typing import Any
 from claas.config import Settings
 from claas.errors import InvalidRequest, TrainingError
 from claas.inference.base import Generation, StreamDelta
-from claas.teacher import DistillSample
+from claas.teacher import DistillSample, encode_chat
+from claas.tools import Tools, check_renderable
 from claas.types import (
     AdapterVersion,
     ChatMessage,
@@ -56,7 +57,7 @@ class FakeTokenizer:
     eos_token_id = 257
     eos_token = "<|im_end|>"
     pad_token_id = 257
-    chat_template = "fake-chatml"
+    chat_template = "fake-chatml, with tools"
 
     def encode(self, text: str, add_special_tokens: bool = True, **_: Any) -> list[int]:
         """UTF-8 bytes of the text."""
@@ -80,6 +81,9 @@ class FakeTokenizer:
         turns = list(conversation)
         if not turns or turns[0]["role"] != "system":
             turns.insert(0, {"role": "system", "content": "You are a helpful assistant."})
+        if kwargs.get("tools"):
+            tools = json.dumps(kwargs["tools"], sort_keys=True)
+            turns.insert(1, {"role": "system", "content": f"Tools: {tools}"})
         for turn in turns:
             ids += [256, *self.encode(turn["role"] + "\n" + turn["content"]), 257, 10]
         if kwargs.get("add_generation_prompt"):
@@ -135,13 +139,13 @@ class FakeInference:
         adapter: AdapterVersion | None,
         sampling: SamplingParams,
         thinking: bool = False,
+        tools: Tools | None = None,
     ) -> Generation:
-        """Answer with ``responder(messages, adapter)``."""
+        """Answer with ``responder(messages, adapter)``; ``tools`` are rendered into the prompt."""
+        check_renderable(tools, self.tokenizer, self.name, "the fake model")
         with self._lock:
             self.calls.append(("generate", adapter.ref if adapter else None))
-        prompt = self.tokenizer.apply_chat_template(
-            [m.to_dict() for m in messages], add_generation_prompt=True
-        )["input_ids"]
+        prompt = encode_chat(self.tokenizer, messages, thinking=thinking, tools=tools)
         return self._generation(prompt, self.responder(messages, adapter), sampling)
 
     def stream(
@@ -151,9 +155,10 @@ class FakeInference:
         adapter: AdapterVersion | None,
         sampling: SamplingParams,
         thinking: bool = False,
+        tools: Tools | None = None,
     ) -> Iterator[StreamDelta]:
         """Yield the answer word by word, then the full generation."""
-        generation = self.generate(messages, adapter=adapter, sampling=sampling)
+        generation = self.generate(messages, adapter=adapter, sampling=sampling, tools=tools)
 
         def deltas() -> Iterator[StreamDelta]:
             for word in generation.raw_text.split(" "):

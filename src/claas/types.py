@@ -380,6 +380,10 @@ class Completion:
         created: Unix time.
         top_logprobs: Per response token, the most likely alternatives
             ``((token_id, logprob), ...)`` when requested.
+        thinking: Whether it was served with thinking on.
+        tool_calls: Tool calls the serving backend parsed from the response
+            (``claas.tools.ToolCall``; shown to the caller, not recorded: their
+            tokens are in ``response_ids``).
     """
 
     id: str
@@ -396,6 +400,7 @@ class Completion:
     created: float = 0.0
     top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
     thinking: bool = False
+    tool_calls: tuple[Any, ...] = attrs.field(default=(), eq=False)
 
     def __attrs_post_init__(self) -> None:
         if len(self.response_ids) != len(self.response_logprobs):

@@ -230,7 +230,23 @@ def test_chat_accepts_openai_message_forms(bot: TestClient) -> None:
     ("extra", "status"),
     [
         ({"n": 2}, 422),
-        ({"tools": [{"type": "function"}]}, 422),
+        ({"tools": [{"type": "function"}]}, 400),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "g"}, 400),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"},
+            400,
+        ),
+        ({"tool_choice": "required"}, 400),
+        (
+            {
+                "messages": [
+                    *USER,
+                    {"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]},
+                    {"role": "user", "content": "and?"},
+                ]
+            },
+            400,
+        ),
         ({"response_format": {"type": "json_object"}}, 422),
         ({"stop": ["a", "b", "c", "d", "e"]}, 422),
         ({"temperature": -1}, 422),

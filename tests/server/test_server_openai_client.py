@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import openai
 import pytest
@@ -19,6 +20,9 @@ from server_support import KEY_ALPHA, KEY_BETA, fake_learner, serving
 
 from claas import Learner, Settings
 from claas.config import ServerSettings
+from claas.inference.base import Generation
+from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
+from claas.tools import ToolCall
 from claas_server import create_app
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
@@ -103,6 +107,111 @@ def test_client_raises_the_right_errors(fake_server: str) -> None:
         _client(fake_server, "wrong-key-0123456").models.list()
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_client_sends_what_openclaw_sends(fake_server: str) -> None:
+    """OpenClaw's request shape: tools, stream_options, max_completion_tokens, a cache key."""
+    client = _client(fake_server, KEY_ALPHA)
+    system = {"role": "system", "content": "You are a personal assistant. " * 400}
+    chunks = list(
+        client.chat.completions.create(
+            model="alpha/bot",
+            messages=[system, *USER],
+            stream=True,
+            stream_options={"include_usage": True},
+            max_completion_tokens=8,
+            tools=[WEATHER],  # type: ignore[list-item]
+            tool_choice="auto",
+            prompt_cache_key="session-1234:0",
+        )
+    )
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None and usage.completion_tokens == 8
+    record = client.get(f"/chat/completions/{chunks[0].id}", cast_to=httpx.Response).json()
+    prompt = bytes(i for i in record["prompt_ids"] if i < 256).decode()
+    assert '"name": "get_weather"' in prompt, "the tool definitions were rendered into the prompt"
+    assert "personal assistant" in prompt
+    assert len(record["response_ids"]) == 8
+
+    plain = client.chat.completions.create(
+        model="alpha/bot",
+        messages=USER,
+        tools=[WEATHER],
+        tool_choice="none",  # type: ignore[list-item]
+    )
+    record = client.get(f"/chat/completions/{plain.id}", cast_to=httpx.Response).json()
+    assert "get_weather" not in bytes(i for i in record["prompt_ids"] if i < 256).decode()
+    assert plain.choices[0].message.tool_calls is None
+
+
+def test_client_sees_tool_refusals(fake_server: str) -> None:
+    client = _client(fake_server, KEY_ALPHA)
+    with pytest.raises(openai.BadRequestError, match="cannot force a tool call") as forced:
+        client.chat.completions.create(
+            model="alpha/bot",
+            messages=USER,
+            tools=[WEATHER],
+            tool_choice="required",  # type: ignore[list-item]
+        )
+    assert forced.value.code == "tools_unsupported"
+    with pytest.raises(openai.BadRequestError, match="function"):
+        client.chat.completions.create(
+            model="alpha/bot",
+            messages=USER,
+            tools=[{"type": "function"}],  # type: ignore[list-item]
+        )
+
+
+class ToolCallingInference(FakeInference):
+    """A fake of vLLM with a tool-call parser (none runs here): every answer calls a tool."""
+
+    def generate(self, *args: Any, **kwargs: Any) -> Generation:
+        generation = super().generate(*args, **kwargs)
+        call = ToolCall("call_1", "get_weather", '{"city": "Paris"}')
+        return attrs.evolve(generation, raw_text="", tool_calls=(call,), finish_reason="tool_calls")
+
+
+def test_client_reads_tool_calls(tmp_path: Path) -> None:
+    learner = Learner(
+        Settings(data_dir=tmp_path).evolve(api_keys={KEY_ALPHA: ("alpha",)}),
+        inference=ToolCallingInference(),
+        engine=FakeTrainer(),
+        tokenizer=FakeTokenizer(),
+    )
+    learner.init_adapter("alpha/bot")
+    try:
+        with serving(create_app(learner=learner)) as base_url:
+            client = _client(base_url, KEY_ALPHA)
+            ask: dict[str, Any] = {"model": "alpha/bot", "messages": USER, "tools": [WEATHER]}
+            answer = client.chat.completions.create(**ask)
+            message = answer.choices[0].message
+            assert message.content is None and answer.choices[0].finish_reason == "tool_calls"
+            assert message.tool_calls is not None and len(message.tool_calls) == 1
+            call = message.tool_calls[0]
+            assert (call.id, call.function.name) == ("call_1", "get_weather")
+            assert call.function.arguments == '{"city": "Paris"}'
+
+            chunks = list(client.chat.completions.create(**ask, stream=True))
+            streamed = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or ()]
+            assert [(t.index, t.id, t.function.name) for t in streamed] == [
+                (0, "call_1", "get_weather")
+            ]
+            assert chunks[-1].choices[0].finish_reason == "tool_calls"
+            record = client.get(f"/chat/completions/{answer.id}", cast_to=httpx.Response).json()
+            assert record["response_ids"], "the call's tokens are what feedback trains on"
+    finally:
+        learner.close()
+
+
 @pytest.mark.slow
 def test_learning_loop_with_the_bundled_model(tmp_path: Path) -> None:
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
@@ -159,6 +268,16 @@ def _loop(client: openai.OpenAI) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
+
+    # SmolLM2's chat template has no tools: a clear 400, not a prompt without them.
+    with pytest.raises(openai.BadRequestError, match="does not render tools") as no_tools:
+        client.chat.completions.create(
+            model="alpha/bot",
+            messages=USER,
+            tools=[WEATHER],
+            stream=True,  # type: ignore[list-item]
+        )
+    assert no_tools.value.code == "tools_unsupported"
 
     # The local backend cannot score a remote teacher: a clear 400 that records nothing.
     with pytest.raises(openai.BadRequestError) as refused:

@@ -44,6 +44,7 @@ from claas.inference._vllm_http import (
 )
 from claas.inference.base import Generation, TeacherTopKLists, check_generation_limits
 from claas.teacher import DistillSample
+from claas.tools import Tools
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
 
 __all__ = ["Call", "Flow", "Reply", "VLLMCore"]
@@ -250,12 +251,15 @@ class VLLMCore:
         *,
         thinking: bool,
         stream: bool = False,
+        tools: Tools | None = None,
     ) -> Flow[Reply]:
         """A chat completion; parse ``reply.body`` with ``parse_chat`` or read ``reply.stream``."""
         self._check(sampling)
 
         def make(model: str) -> Call:
-            body = chat_body(model, messages, sampling, thinking=thinking, stream=stream)
+            body = chat_body(
+                model, messages, sampling, thinking=thinking, stream=stream, tools=tools
+            )
             return Call(method="POST", path=CHAT, body=body, stream=stream)
 
         return (yield from self.call_model(adapter, make, action="a chat completion"))
@@ -267,9 +271,12 @@ class VLLMCore:
         sampling: SamplingParams,
         *,
         thinking: bool,
+        tools: Tools | None = None,
     ) -> Flow[Generation]:
         """A chat completion with exact prompt ids, response ids and logprobs."""
-        reply = yield from self.generate(messages, adapter, sampling, thinking=thinking)
+        reply = yield from self.generate(
+            messages, adapter, sampling, thinking=thinking, tools=tools
+        )
         return parse_chat(reply.body, want_tops=sampling.top_logprobs > 0)
 
     def complete(

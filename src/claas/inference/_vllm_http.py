@@ -23,8 +23,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from claas.errors import BackendUnavailable, ClaasError, InvalidRequest, PayloadTooLarge
+from claas.inference._vllm_tools import ToolCallAssembler, parse_tool_calls
 from claas.inference.base import Generation, StreamDelta, TeacherTopKLists
 from claas.thinking import chat_template_kwargs
+from claas.tools import ToolCall, Tools
 from claas.types import AdapterVersion, ChatMessage, SamplingParams, split_adapter_id
 
 __all__ = [
@@ -85,9 +87,14 @@ def chat_body(
     *,
     thinking: bool = False,
     stream: bool = False,
+    tools: Tools | None = None,
 ) -> dict[str, Any]:
-    """``POST /v1/chat/completions`` body asking for exact ids and sampled-token logprobs."""
-    body = {
+    """``POST /v1/chat/completions`` body asking for exact ids and sampled-token logprobs.
+
+    ``tools`` go to vLLM as they came: its chat template renders them and, when it
+    runs with a tool-call parser, it returns the calls the model made.
+    """
+    body: dict[str, Any] = {
         "model": model,
         "messages": [m.to_dict() for m in messages],
         **_sampling_fields(sampling),
@@ -97,6 +104,9 @@ def chat_body(
         "return_tokens_as_token_ids": True,
         "chat_template_kwargs": chat_template_kwargs(thinking),
     }
+    if tools is not None and tools.offered:
+        body["tools"] = list(tools.definitions)
+        body["tool_choice"] = tools.choice
     if stream:
         body["stream"] = True
     return body
@@ -188,6 +198,7 @@ def _generation(
     text: str,
     finish_reason: Any,
     want_tops: bool,
+    tool_calls: tuple[ToolCall, ...] = (),
 ) -> Generation:
     if list(sampled) != list(response_ids) or len(logprobs) != len(response_ids):
         raise _malformed("token logprobs", {"token_ids": response_ids, "logprob_ids": sampled})
@@ -198,6 +209,7 @@ def _generation(
         raw_text=text,
         finish_reason=str(finish_reason or "stop"),
         top_logprobs=tuple(tops) if want_tops else (),
+        tool_calls=tool_calls,
     )
 
 
@@ -215,6 +227,7 @@ def parse_chat(body: Any, *, want_tops: bool = False) -> Generation:
         text=(choice.get("message") or {}).get("content") or "",
         finish_reason=choice.get("finish_reason"),
         want_tops=want_tops,
+        tool_calls=parse_tool_calls(choice.get("message")),
     )
 
 
@@ -270,6 +283,7 @@ class ChatStreamParser:
         self._tops: list[TopLogprobs] = []
         self._text: list[str] = []
         self._finish: Any = None
+        self._tool_calls = ToolCallAssembler()
 
     def feed(self, chunk: Any) -> StreamDelta | None:
         """Take one chunk; return the delta to show, if it carries new tokens or text.
@@ -288,6 +302,7 @@ class ChatStreamParser:
         ids = list(_ids(choice.get("token_ids") or [], "token_ids"))
         sampled, logprobs, tops = _chat_tokens((choice.get("logprobs") or {}).get("content") or [])
         text = (choice.get("delta") or {}).get("content") or ""
+        self._tool_calls.feed(choice.get("delta"))
         self._ids += ids
         self._sampled += sampled
         self._logprobs += logprobs
@@ -311,6 +326,7 @@ class ChatStreamParser:
             text="".join(self._text),
             finish_reason=self._finish,
             want_tops=self._want_tops,
+            tool_calls=self._tool_calls.result(),
         )
 
 

@@ -22,6 +22,7 @@ import attrs
 
 from claas.config import Settings
 from claas.errors import InvalidRequest, PayloadTooLarge
+from claas.tools import ToolCall, Tools
 from claas.types import AdapterVersion, ChatMessage, SamplingParams, TeacherTopKLists
 
 if TYPE_CHECKING:
@@ -82,6 +83,8 @@ class Generation:
         raw_text: Decoded response, thinking included, stop sequence removed.
         finish_reason: ``stop`` or ``length``.
         top_logprobs: Per token, ``((id, logprob), ...)`` alternatives if asked.
+        tool_calls: The tool calls a backend with a tool-call parser (vLLM) found
+            in the response; their tokens are in ``response_ids`` all the same.
     """
 
     prompt_ids: tuple[int, ...]
@@ -90,6 +93,7 @@ class Generation:
     raw_text: str
     finish_reason: str
     top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -119,8 +123,13 @@ class InferenceBackend(Protocol):
         adapter: AdapterVersion | None,
         sampling: SamplingParams,
         thinking: bool = False,
+        tools: Tools | None = None,
     ) -> Generation:
-        """Generate one response for ``messages`` with ``adapter`` (None = base model)."""
+        """Generate one response for ``messages`` with ``adapter`` (None = base model).
+
+        ``tools`` are offered to the model; a backend or chat template that cannot
+        take them raises ``ToolsUnsupported``.
+        """
         ...
 
     def stream(
@@ -130,6 +139,7 @@ class InferenceBackend(Protocol):
         adapter: AdapterVersion | None,
         sampling: SamplingParams,
         thinking: bool = False,
+        tools: Tools | None = None,
     ) -> Iterator[StreamDelta]:
         """Generate token by token; the last delta carries the full ``Generation``."""
         ...

@@ -31,6 +31,7 @@ from claas.models import (
 )
 from claas.precision import autocast_choice
 from claas.teacher import encode_chat
+from claas.tools import Tools, check_renderable
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
 
 if TYPE_CHECKING:
@@ -132,9 +133,12 @@ class LocalInference:
         adapter: AdapterVersion | None,
         sampling: SamplingParams,
         thinking: bool = False,
+        tools: Tools | None = None,
     ) -> Generation:
         """Generate a full response (see ``InferenceBackend.generate``)."""
-        *_, last = self.stream(messages, adapter=adapter, sampling=sampling, thinking=thinking)
+        *_, last = self.stream(
+            messages, adapter=adapter, sampling=sampling, thinking=thinking, tools=tools
+        )
         assert last.generation is not None
         return last.generation
 
@@ -145,9 +149,15 @@ class LocalInference:
         adapter: AdapterVersion | None,
         sampling: SamplingParams,
         thinking: bool = False,
+        tools: Tools | None = None,
     ) -> Iterator[StreamDelta]:
-        """Generate token by token (see ``InferenceBackend.stream``)."""
-        prompt_ids = encode_chat(self.tokenizer, messages, thinking=thinking)
+        """Generate token by token (see ``InferenceBackend.stream``).
+
+        ``tools`` are rendered by the base model's chat template; the answer is the
+        model's raw text (this backend parses no tool calls).
+        """
+        check_renderable(tools, self.tokenizer, self.name, self.settings.base_model)
+        prompt_ids = encode_chat(self.tokenizer, messages, thinking=thinking, tools=tools)
         self._check_prompt(prompt_ids, sampling)
         return self._stream_ids(prompt_ids, adapter, sampling)
 

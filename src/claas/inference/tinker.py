@@ -26,6 +26,7 @@ from claas.inference.base import (
     check_score_limits,
 )
 from claas.teacher import DistillSample, encode_chat
+from claas.tools import Tools, check_renderable
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
 
 __all__ = ["TinkerInference"]
@@ -146,11 +147,15 @@ class TinkerInference:
         adapter: AdapterVersion | None,
         sampling: SamplingParams,
         thinking: bool = False,
+        tools: Tools | None = None,
     ) -> Generation:
-        """Generate one response with the version's sampler (see ``InferenceBackend``)."""
-        return self._generate(
-            encode_chat(self.tokenizer, messages, thinking=thinking), adapter, sampling
-        )
+        """Generate one response with the version's sampler (see ``InferenceBackend``).
+
+        ``tools`` are rendered by the base model's chat template (no tool-call parsing).
+        """
+        check_renderable(tools, self.tokenizer, self.name, self.settings.base_model)
+        prompt_ids = encode_chat(self.tokenizer, messages, thinking=thinking, tools=tools)
+        return self._generate(prompt_ids, adapter, sampling)
 
     def stream(
         self,
@@ -159,9 +164,12 @@ class TinkerInference:
         adapter: AdapterVersion | None,
         sampling: SamplingParams,
         thinking: bool = False,
+        tools: Tools | None = None,
     ) -> Iterator[StreamDelta]:
         """The whole answer as one delta, then the generation (Tinker does not stream)."""
-        generation = self.generate(messages, adapter=adapter, sampling=sampling, thinking=thinking)
+        generation = self.generate(
+            messages, adapter=adapter, sampling=sampling, thinking=thinking, tools=tools
+        )
 
         def deltas() -> Iterator[StreamDelta]:
             if generation.raw_text:

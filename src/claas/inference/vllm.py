@@ -36,6 +36,7 @@ from claas.inference._vllm_core import Call, Flow, Reply, VLLMCore
 from claas.inference._vllm_http import ChatStreamParser, lora_name, sse_data
 from claas.inference.base import Generation, StreamDelta, TeacherTopKLists
 from claas.teacher import DistillSample
+from claas.tools import Tools
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
 
 try:
@@ -173,9 +174,12 @@ class VLLMInference:
         adapter: AdapterVersion | None,
         sampling: SamplingParams,
         thinking: bool = False,
+        tools: Tools | None = None,
     ) -> Generation:
         """Generate one response with the exact prompt ids, response ids and logprobs."""
-        return self._run(self._core.chat(messages, adapter, sampling, thinking=thinking))
+        return self._run(
+            self._core.chat(messages, adapter, sampling, thinking=thinking, tools=tools)
+        )
 
     def stream(
         self,
@@ -184,9 +188,12 @@ class VLLMInference:
         adapter: AdapterVersion | None,
         sampling: SamplingParams,
         thinking: bool = False,
+        tools: Tools | None = None,
     ) -> Iterator[StreamDelta]:
         """Open a streamed chat now (errors raise here); iterate for the deltas."""
-        flow = self._core.generate(messages, adapter, sampling, thinking=thinking, stream=True)
+        flow = self._core.generate(
+            messages, adapter, sampling, thinking=thinking, stream=True, tools=tools
+        )
         reply = self._run(flow)
         return self._deltas(reply.stream, ChatStreamParser(want_tops=sampling.top_logprobs > 0))
 
@@ -345,9 +352,12 @@ class AsyncVLLMClient:
         adapter: AdapterVersion | None,
         sampling: SamplingParams,
         thinking: bool = False,
+        tools: Tools | None = None,
     ) -> Generation:
         """See :meth:`VLLMInference.generate`."""
-        return await self._run(self._core.chat(messages, adapter, sampling, thinking=thinking))
+        return await self._run(
+            self._core.chat(messages, adapter, sampling, thinking=thinking, tools=tools)
+        )
 
     async def stream(
         self,
@@ -356,9 +366,12 @@ class AsyncVLLMClient:
         adapter: AdapterVersion | None,
         sampling: SamplingParams,
         thinking: bool = False,
+        tools: Tools | None = None,
     ) -> AsyncIterator[StreamDelta]:
         """Open a streamed chat (errors raise here); ``async for`` over the result."""
-        flow = self._core.generate(messages, adapter, sampling, thinking=thinking, stream=True)
+        flow = self._core.generate(
+            messages, adapter, sampling, thinking=thinking, stream=True, tools=tools
+        )
         reply = await self._run(flow)
         return self._deltas(reply.stream, ChatStreamParser(want_tops=sampling.top_logprobs > 0))
 

@@ -41,6 +41,7 @@ from claas_server.schemas import (
     TextCompletion,
     TextLogprobs,
     TokenLogprob,
+    ToolCallOut,
     TopLogprob,
     Usage,
 )
@@ -119,16 +120,20 @@ def _chat_response(
     state: ServerState, adapter: str | None, body: ChatCompletionRequest
 ) -> ChatCompletion:
     messages = [m.to_core() for m in body.messages]
-    completion = state.learner.chat(adapter, messages, **body.sampling())
+    completion = state.learner.chat(adapter, messages, tools=body.tool_set(), **body.sampling())
     state.metrics.observe_tokens(len(completion.prompt_ids), len(completion.response_ids))
     logprobs = chat_logprobs(completion, state.learner.tokenizer) if body.logprobs else None
+    calls = [ToolCallOut.of(call) for call in completion.tool_calls] or None
     return ChatCompletion(
         id=completion.id,
         created=int(completion.created),
         model=body.model,
         choices=[
             ChatChoice(
-                message=AssistantMessage(content=completion.text),
+                message=AssistantMessage(
+                    content=completion.text if completion.text or not calls else None,
+                    tool_calls=calls,
+                ),
                 logprobs=logprobs,
                 finish_reason=completion.finish_reason,
             )
@@ -158,9 +163,9 @@ async def chat_completions(
     if not body.stream:
         return await run_in_threadpool(_chat_response, state, adapter, body)
     messages = [m.to_core() for m in body.messages]
-    sampling = body.sampling()
+    options = {**body.sampling(), "tools": body.tool_set()}
     pinned = await open_stream(
-        lambda: state.learner.chat_stream(adapter, messages, **sampling), state.stream_executor
+        lambda: state.learner.chat_stream(adapter, messages, **options), state.stream_executor
     )
     return StreamingResponse(
         _chat_events(state, pinned, adapter, body),
@@ -204,6 +209,9 @@ async def _chat_events(
         yield _event({"error": {"type": "server_error", "message": "the stream ended early"}})
         return
     state.metrics.observe_tokens(len(completion.prompt_ids), len(completion.response_ids))
+    if completion.tool_calls:
+        calls = [ToolCallOut.of(call, index) for index, call in enumerate(completion.tool_calls)]
+        yield chunk([ChunkChoice(delta=ChunkDelta(tool_calls=calls))])
     logprobs = None
     if body.logprobs:
         logprobs = await run_in_threadpool(chat_logprobs, completion, state.learner.tokenizer)

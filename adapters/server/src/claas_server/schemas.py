@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import attrs
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from claas.errors import InvalidRequest, ToolsUnsupported
 from claas.jobs.model import JobStatus
+from claas.tools import ToolCall, Tools
 from claas.types import DistillConfig, LoraSpec, Role
 
 __all__ = [
@@ -102,9 +104,22 @@ class ChatMessageIn(_OpenAIRequest):
     role: Role | Literal["developer"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[Any] | None = Field(
+        default=None, description="Not supported yet in the history: an assistant turn's calls."
+    )
 
     def to_core(self) -> dict[str, str]:
-        """The ``{"role", "content"}`` dict the core takes."""
+        """The ``{"role", "content"}`` dict the core takes.
+
+        Raises:
+            ToolsUnsupported: For an assistant turn with tool calls, which the core's
+                text-only messages would lose.
+        """
+        if self.tool_calls:
+            raise ToolsUnsupported(
+                "assistant turns with tool_calls in the history are not supported yet; "
+                "send the conversation as text turns"
+            )
         if isinstance(self.content, list):
             text = "".join(part.text for part in self.content)
         else:
@@ -157,13 +172,25 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[Any] | None = Field(default=None, description="Not supported; must be empty.")
+    tools: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Function tools. vLLM renders them and parses the calls; the local "
+        "backend renders them when the model's chat template does (400 where it does not).",
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description="`auto` (default), `none`, `required` or a named function."
+    )
+    parallel_tool_calls: bool | None = Field(default=None, description="Accepted, not used.")
+    prompt_cache_key: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Accepted (OpenClaw sends its session id); prefix caching needs no key.",
+    )
+    user: str | None = Field(default=None, max_length=1024, description="Accepted, not used.")
     response_format: dict[str, Any] | None = Field(default=None, description="Only type `text`.")
 
     @model_validator(mode="after")
     def _check_unsupported(self) -> ChatCompletionRequest:
-        if self.tools:
-            raise ValueError("tools are not supported by this server")
         if self.response_format and self.response_format.get("type", "text") != "text":
             raise ValueError("only response_format type 'text' is supported")
         return self
@@ -176,6 +203,18 @@ class ChatCompletionRequest(_Sampling):
         if self.logprobs and self.top_logprobs:
             options["top_logprobs"] = self.top_logprobs
         return options
+
+    def tool_set(self) -> Tools | None:
+        """The ``tools`` and ``tool_choice`` for the core (``None`` without tools).
+
+        Raises:
+            InvalidRequest: A malformed tool, or a tool choice naming no given tool.
+        """
+        if not self.tools:
+            if self.tool_choice not in (None, "auto", "none"):
+                raise InvalidRequest("tool_choice needs tools")
+            return None
+        return Tools(definitions=self.tools, choice=self.tool_choice or "auto")
 
 
 class CompletionRequest(_Sampling):
@@ -227,9 +266,37 @@ class ChoiceLogprobs(_Response):
     content: list[TokenLogprob] | None = None
 
 
+class FunctionCall(_Response):
+    name: str
+    arguments: str = Field(description="The JSON text the model wrote.")
+
+
+class ToolCallOut(_Response):
+    """A tool call the serving backend parsed from the answer."""
+
+    index: int | None = Field(
+        default=None,
+        description="Position (stream chunks only).",
+        exclude_if=lambda index: index is None,
+    )
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    @classmethod
+    def of(cls, call: ToolCall, index: int | None = None) -> ToolCallOut:
+        """The wire form of a core ``ToolCall``."""
+        return cls(
+            index=index, id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments)
+        )
+
+
 class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = Field(
+        default=None, exclude_if=lambda calls: calls is None
+    )
 
 
 class ChatChoice(_Response):
@@ -263,6 +330,9 @@ class ChatCompletion(_Response):
 class ChunkDelta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallOut] | None = Field(
+        default=None, exclude_if=lambda calls: calls is None
+    )
 
 
 class ChunkChoice(_Response):
