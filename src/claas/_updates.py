@@ -17,6 +17,7 @@ from pathlib import Path
 
 from claas._adapter_locks import AdapterLocks
 from claas._components import Components
+from claas._guarding import Guarding, Rejected, rejection_message
 from claas._scratch import move_contents, update_workdir
 from claas.config import Settings
 from claas.errors import (
@@ -63,6 +64,7 @@ class Updates:
         self._parts = parts
         self._locks = locks
         self._scratch = settings.data_dir / "tmp"
+        self.guarding = Guarding(settings, store=store, parts=parts)
 
     def submit(
         self,
@@ -119,16 +121,32 @@ class Updates:
         try:
             published = self._published(adapter_id, feedback_ids) if _retried(jobs) else None
             if published is not None:
+                with self._locks.hold(adapter_id):
+                    published = self.guarding.conclude(published)
                 return self._records.finish_jobs(
                     ids,
-                    status="applied",
+                    status="rejected" if published.rejected else "applied",
                     version=published.version,
                     parent_version=published.parent,
                     metrics=dict(published.metrics),
-                    error="recovered after a crash: the version was already published",
+                    error=rejection_message(published)
+                    if published.rejected
+                    else "recovered after a crash: the version was already published",
+                    error_code="update_rejected" if published.rejected else None,
                 )
             with self._locks.hold(adapter_id):
                 result, note = self._apply_jobs(jobs, feedback_ids)
+        except Rejected as exc:  # the candidate is kept as a rejected version
+            return self._records.finish_jobs(
+                ids,
+                status="rejected",
+                version=exc.result.version,
+                parent_version=exc.result.parent_version,
+                metrics=dict(exc.result.metrics),
+                timings=dict(exc.result.timings),
+                error=str(exc),
+                error_code=error_code(exc),
+            )
         except Exception as exc:  # recorded on the job; the waiter re-raises its class
             return self._records.finish_jobs(
                 ids, status="failed", error=str(exc) or repr(exc), error_code=error_code(exc)
@@ -239,10 +257,13 @@ class Updates:
         scorer: TeacherScorer | None,
         accepted: float,
     ) -> tuple[FeedbackResult, str | None]:
-        """Train, save, go live: one update, in named steps (``accepted``: unix time).
+        """Train, save, guard, go live: one update, in named steps (``accepted``: unix time).
 
         Returns:
             The result and why serving lags behind the store, if it does.
+
+        Raises:
+            Rejected: If the guard kept the saved candidate from going live.
         """
         started = time.time()
         parent = self._store.get(adapter_id)
@@ -252,23 +273,30 @@ class Updates:
             trained = time.time()
             version, retired = self._save(parent, work, config, feedback_ids, result)
         saved = time.time()
-        publish_error = self._go_live(version, retired)
+        version = self.guarding.judge(parent, version)
+        judged = time.time()
+        publish_error = None if version.rejected else self._go_live(version)
+        self.engine_forget(retired)
         done = time.time()
         timings = {
             "queue_seconds": started - accepted,
             "train_seconds": trained - started,
             "save_seconds": saved - trained,
-            "publish_seconds": done - saved,
+            "guard_seconds": judged - saved,
+            "publish_seconds": done - judged,
             "total_seconds": done - accepted,
         }
-        return FeedbackResult(
+        result_of = FeedbackResult(
             feedback_ids=tuple(feedback_ids),
             adapter_id=adapter_id,
             version=version.version,
             parent_version=parent.version,
-            metrics=dict(result.metrics),
+            metrics={**result.metrics, **(version.verdict or {}).get("measures", {})},
             timings=timings,
-        ), publish_error
+        )
+        if version.rejected:
+            raise Rejected(rejection_message(version), result_of)
+        return result_of, publish_error
 
     def _train(
         self,
@@ -303,15 +331,15 @@ class Updates:
             feedback_ids=feedback_ids,
             metrics=dict(result.metrics),
             engine=self._parts.engine.name,
+            live=not self.guarding.enabled,
         )
         self._records.add_version(version)
         kept = {v.version for v in self._store.versions(adapter_id)}
         return version, [v for v in retained if v.version not in kept]
 
-    def _go_live(self, version: AdapterVersion, retired: list[AdapterVersion]) -> str | None:
+    def _go_live(self, version: AdapterVersion) -> str | None:
         """Tell the engine and the serving backend; return why serving lags, if it does."""
         self._parts.engine.on_published(version)
-        self.engine_forget(retired)
         return self.publish_quietly(version)
 
     def engine_forget(self, versions: list[AdapterVersion]) -> None:

@@ -21,6 +21,7 @@ each subclass also inherits the standard-library exception it stands for, so
     ├── PermissionDenied (PermissionError)
     ├── TrainingError (RuntimeError)
     │   └── NonFiniteUpdate
+    ├── UpdateRejected (RuntimeError)
     ├── BackendUnavailable (ConnectionError)
     ├── StorageError (OSError)
     └── MissingDependency (ImportError)
@@ -57,6 +58,7 @@ __all__ = [
     "QueueFull",
     "StorageError",
     "TrainingError",
+    "UpdateRejected",
     "VersionNotFound",
     "error_code",
     "error_for_code",
@@ -135,6 +137,14 @@ class NonFiniteUpdate(TrainingError):
     """The loss or gradient of an update step was NaN or infinite; the step was refused."""
 
 
+class UpdateRejected(ClaasError, RuntimeError):
+    """The guard kept an update's version from going live (the message gives its reasons).
+
+    The version is kept as *rejected* (listed, exportable, never served); the
+    live version did not change.
+    """
+
+
 class BackendUnavailable(ClaasError, ConnectionError):
     """An inference backend or training service could not be reached."""
 
@@ -180,6 +190,7 @@ _CLASSES: tuple[type[ClaasError], ...] = (
     PermissionDenied,
     TrainingError,
     NonFiniteUpdate,
+    UpdateRejected,
     BackendUnavailable,
     StorageError,
     MissingDependency,
