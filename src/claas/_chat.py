@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Iterator
+from typing import TypeVar
 
 from claas.config import Settings
 from claas.inference.base import Generation
 from claas.thinking import visible_text
 from claas.types import AdapterVersion, ChatMessage, Completion
 
-__all__ = ["completion_of"]
+__all__ = ["chain", "completion_of", "new_chat_id"]
+
+_D = TypeVar("_D")
 
 
 def completion_of(
@@ -36,3 +41,14 @@ def completion_of(
         top_logprobs=generation.top_logprobs,
         thinking=settings.thinking,
     )
+
+
+def new_chat_id() -> str:
+    """A fresh OpenAI-style chat completion id."""
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+def chain(first: _D, rest: Iterator[_D]) -> Iterator[_D]:
+    """``first``, then everything ``rest`` yields."""
+    yield first
+    yield from rest

@@ -306,7 +306,7 @@ class GuardSettings:
     max_probe_drop: float = attrs.field(default=0.25, validator=_fraction)
     max_degenerate: float = attrs.field(default=0.25, validator=_fraction)
     max_drift: float = attrs.field(default=1.0, validator=_positive_nats)
-    max_tokens: int = attrs.field(default=24, validator=_positive_int)
+    max_tokens: int = attrs.field(default=12, validator=_positive_int)
 
 
 _SECTION_RECORDS = (

@@ -19,10 +19,10 @@ import warnings
 import weakref
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 from claas._adapter_locks import AdapterLocks
-from claas._chat import completion_of
+from claas._chat import chain, completion_of, new_chat_id
 from claas._components import Components
 from claas._legacy import replay_events
 from claas._scratch import sweep_scratch
@@ -57,7 +57,6 @@ __all__ = ["ChatStream", "Learner", "Score"]
 
 ConfigLike = DistillConfig | Mapping[str, object] | None
 _LORA = LoraSpec()
-_D = TypeVar("_D")
 
 
 class Learner:
@@ -202,19 +201,34 @@ class Learner:
         """The version ``latest`` points at (the one chats are served by)."""
         return self._store.get(validate_adapter_id(adapter_id))
 
-    def rollback(self, adapter_id: str, version: int) -> AdapterVersion:
+    def rollback(self, adapter_id: str, version: int, *, force: bool = False) -> AdapterVersion:
         """Serve an older version again; later feedback builds on it.
 
-        Waits for feedback jobs accepted earlier to finish first.
+        Waits for feedback jobs accepted earlier to finish first. A version the
+        guard rejected needs ``force`` (raises ``Conflict`` otherwise).
         """
         validate_adapter_id(adapter_id)
         self._jobs.wait_for_adapter(adapter_id)
         with self._locks.hold(adapter_id):
             previous = self._store.latest_version(adapter_id)
-            target = self._store.rollback(adapter_id, version)
+            target = self._store.rollback(adapter_id, version, force=force)
             self._records.record_rollback(adapter_id, previous, target.version)
         self._updates.publish_quietly(target)
         return target
+
+    def force(self, adapter_id: str, version: int) -> AdapterVersion:
+        """Publish a version the guard rejected (it goes live; its verdict records the force)."""
+        return self.rollback(adapter_id, version, force=True)
+
+    def guard_probes(self, adapter_id: str) -> list[dict[str, Any]]:
+        """The adapter's own guard probes ("must still answer X"), ``{prompt, expect}`` each."""
+        return self._store.guard_probes(validate_adapter_id(adapter_id))
+
+    def set_guard_probes(
+        self, adapter_id: str, probes: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Replace the adapter's own guard probes: an answer must contain one of ``expect``."""
+        return self._store.set_guard_probes(validate_adapter_id(adapter_id), probes)
 
     def rollbacks(
         self,
@@ -291,7 +305,7 @@ class Learner:
         generation = self.inference.generate(
             chat_messages, adapter=version, sampling=params, thinking=self.settings.thinking
         )
-        return self._completion(_new_id(), version, chat_messages, generation)
+        return self._completion(new_chat_id(), version, chat_messages, generation)
 
     def chat_stream(
         self, adapter_id: str | None, messages: MessagesLike, **sampling: object
@@ -307,10 +321,10 @@ class Learner:
             chat_messages, adapter=version, sampling=params, thinking=self.settings.thinking
         )
         first = next(deltas)
-        stream = ChatStream(_new_id(), version.version if version else None, iter(()))
+        stream = ChatStream(new_chat_id(), version.version if version else None, iter(()))
 
         def text() -> Iterator[str]:
-            for delta in _chain(first, deltas):
+            for delta in chain(first, deltas):
                 if delta.generation is not None:
                     stream.completion = self._completion(
                         stream.id, version, chat_messages, delta.generation
@@ -483,10 +497,9 @@ class Learner:
     def resume_interrupted(
         self, adapter_id: str | None = None, *, config: ConfigLike = None
     ) -> list[FeedbackResult]:
-        """Deprecated: replay feedback events recorded before feedback became jobs.
+        """Deprecated: replay feedback events no job carries (see :mod:`claas._legacy`).
 
-        Jobs interrupted by a crash are re-queued and applied once when a learner
-        starts; this only replays events no job carries (see :mod:`claas._legacy`).
+        Jobs interrupted by a crash are re-queued and applied once when a learner starts.
         """
         warnings.warn(
             "resume_interrupted is deprecated: interrupted feedback jobs recover on their own",
@@ -535,12 +548,3 @@ class Learner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _new_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex
-
-
-def _chain(first: _D, rest: Iterator[_D]) -> Iterator[_D]:
-    yield first
-    yield from rest

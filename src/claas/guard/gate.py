@@ -80,9 +80,10 @@ class Gate:
         probes = (*GUARD_PROBES, *(user_probe(p) for p in user_probes))
         before = self._asked(backend, tokenizer, parent, probes)
         after = self._ask(backend, tokenizer, candidate, probes)
-        anchors = list(before.tokens)
-        scored = _score(backend, anchors, candidate)
-        answers = attrs.evolve(after.answers, anchor_logprob=_mean(scored))
+        answers = after.answers
+        if self._settings.guard.mode == "strict":  # one more forward pass, so only when used
+            scored = _score(backend, list(before.tokens), candidate)
+            answers = attrs.evolve(answers, anchor_logprob=_mean(scored))
         verdict = decide(before.answers, answers, self._settings.guard)
         if verdict.passed:
             self._remember(candidate, probes, after)

@@ -96,16 +96,21 @@ CAPABILITY_PROBES: tuple[Probe, ...] = (
 )
 
 
-# Short facts and one instruction, each answered right by the bundled model in
-# well under 24 greedy tokens, and all different questions (so one answer to
-# all of them is a collapse, not a coincidence).
-GUARD_PROBES: tuple[Probe, ...] = (
-    CAPABILITY_PROBES[0],  # capital of France
-    CAPABILITY_PROBES[1],  # 2 + 2
-    CAPABILITY_PROBES[2],  # days in a week
-    CAPABILITY_PROBES[4],  # capital of Japan
-    CAPABILITY_PROBES[6],  # Romeo and Juliet
-    CAPABILITY_PROBES[12],  # count from 1 to 5
+# Short facts and one instruction, each answered right by the bundled model
+# within 12 greedy tokens, and all different questions (so one answer to all of
+# them is a collapse, not a coincidence).
+GUARD_PROBES: tuple[Probe, ...] = tuple(
+    CAPABILITY_PROBES[i]
+    for i in (
+        0,  # capital of France
+        1,  # 2 + 2
+        2,  # days in a week
+        3,  # symbol for water
+        4,  # capital of Japan
+        6,  # Romeo and Juliet
+        7,  # opposite of hot
+        11,  # a sentence with "apple"
+    )
 )
 
 
