@@ -117,6 +117,8 @@ class Preference:
         prompts: Training prompts; sampled answers to these get the feedback.
         probes: Held-out prompts answered greedily after every step.
         pairs: Preferred/dispreferred responses for logprob margins.
+        facts: Per held-out probe, the key facts (word starts) one of which its
+            answer must still contain: the ``content_kept`` metric.
     """
 
     name: str = attrs.field(validator=_name("Preference"))
@@ -125,8 +127,12 @@ class Preference:
     prompts: tuple[str, ...] = attrs.field(converter=_tuple, validator=_texts("Preference"))
     probes: tuple[str, ...] = attrs.field(converter=_tuple, validator=_texts("Preference"))
     pairs: tuple[Pair, ...] = attrs.field(default=(), converter=_tuple)
+    facts: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
+        unknown = sorted(set(self.facts) - set(self.probes))
+        if unknown:
+            raise InvalidConfig(f"preference {self.name!r}: facts for unknown probes {unknown}")
         if not callable(self.verifier):
             raise _error("Preference", "verifier", self.verifier, "must be a callable text->bool")
         if not self.prompts or not self.probes:
@@ -314,7 +320,7 @@ def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
 def _preference(name: str, spec: Mapping[str, Any]) -> Preference:
     if not isinstance(spec, Mapping):
         raise InvalidConfig(f"preference {name!r} must be a mapping, got {type(spec).__name__}")
-    fields = {"feedback", "verifier", "prompts", "probes", "pairs"}
+    fields = {"feedback", "verifier", "prompts", "probes", "pairs", "facts"}
     unknown = sorted(set(spec) - fields)
     if unknown:
         raise InvalidConfig(f"preference {name!r} has unknown key(s) {unknown}; known: {fields}")
@@ -326,6 +332,7 @@ def _preference(name: str, spec: Mapping[str, Any]) -> Preference:
             prompts=spec.get("prompts") or (),
             probes=spec.get("probes") or (),
             pairs=[Pair(**p) for p in spec.get("pairs") or ()],
+            facts={str(k): tuple(v) for k, v in (spec.get("facts") or {}).items()},
         )
     except TypeError as exc:
         raise InvalidConfig(f"preference {name!r}: {exc}") from exc
