@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from claas.config import Settings
 from claas.errors import InvalidRequest
@@ -14,7 +16,9 @@ from claas.teacher import ChatTokenizer, encode_chat
 from claas.thinking import visible_text
 from claas.types import AdapterVersion, ChatMessage, Completion, messages_from_dicts
 
-__all__ = ["completion_of", "score_response", "stream_of"]
+__all__ = ["chain", "completion_of", "new_chat_id", "score_response", "stream_of"]
+
+_D = TypeVar("_D")
 
 
 def completion_of(
@@ -82,7 +86,7 @@ def stream_of(
     stream = ChatStream(completion_id, version.version if version else None, iter(()))
 
     def text() -> Iterator[str]:
-        for delta in _chain(first, deltas):
+        for delta in chain(first, deltas):
             if delta.generation is not None:
                 stream.completion = record(stream.id, delta.generation)
             elif delta.text:
@@ -92,6 +96,12 @@ def stream_of(
     return stream
 
 
-def _chain(first: StreamDelta, rest: Iterator[StreamDelta]) -> Iterator[StreamDelta]:
+def new_chat_id() -> str:
+    """A fresh OpenAI-style chat completion id."""
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+def chain(first: _D, rest: Iterator[_D]) -> Iterator[_D]:
+    """``first``, then everything ``rest`` yields."""
     yield first
     yield from rest

@@ -116,6 +116,7 @@ def version_from(data: Mapping[str, Any]) -> AdapterVersion:
         feedback_ids=tuple(data["feedback_ids"]),
         metrics=floats(data["metrics"]),
         engine=data["engine"],
+        verdict=data.get("verdict"),
     )
 
 

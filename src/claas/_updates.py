@@ -19,6 +19,7 @@ import attrs
 
 from claas._adapter_locks import AdapterLocks
 from claas._components import Components
+from claas._guarding import Guarding, Rejected, rejection_message
 from claas._precheck import Skipped, precheck
 from claas._scratch import move_contents, update_workdir
 from claas.config import Settings
@@ -74,6 +75,7 @@ class Updates:
         self._parts = parts
         self._locks = locks
         self._scratch = settings.data_dir / "tmp"
+        self.guarding = Guarding(settings, store=store, parts=parts)
 
     def submit(
         self,
@@ -138,14 +140,31 @@ class Updates:
                 result, note = self._apply_jobs(jobs, feedback_ids)
         except DatabaseUnavailable:  # not the job's fault: its lease runs out and it is retried
             raise
-        except AlreadyPublished as done:
+        except AlreadyPublished as done:  # found before training, or by the fence
+            with self._locks.hold(adapter_id):  # a crash may have come before its verdict
+                found = self.guarding.conclude(done.version)
             return self._records.finish_jobs(
                 ids,
-                status="applied",
-                version=done.version.version,
-                parent_version=done.version.parent,
-                metrics=dict(done.version.metrics),
-                error="recovered after a crash: the version was already published",
+                status="rejected" if found.rejected else "applied",
+                version=found.version,
+                parent_version=found.parent,
+                metrics=dict(found.metrics),
+                error=rejection_message(found)
+                if found.rejected
+                else "recovered after a crash: the version was already published",
+                error_code="update_rejected" if found.rejected else None,
+                worker=worker,
+            )
+        except Rejected as exc:  # the candidate is kept as a rejected version
+            return self._records.finish_jobs(
+                ids,
+                status="rejected",
+                version=exc.result.version,
+                parent_version=exc.result.parent_version,
+                metrics=dict(exc.result.metrics),
+                timings=dict(exc.result.timings),
+                error=str(exc),
+                error_code=error_code(exc),
                 worker=worker,
             )
         except Exception as exc:  # recorded on the job; the waiter re-raises its class
@@ -288,13 +307,17 @@ class Updates:
         reference: Callable[[], list[DistillSample]],
         fence: Callable[[], None] = lambda: None,
     ) -> tuple[FeedbackResult | Skipped, str | None]:
-        """Pre-check, train, save, go live: one update, in named steps (``accepted``: unix time).
+        """Pre-check, train, save, guard, go live: one update, in named steps.
 
-        ``fence`` runs under the store's lock just before the version is written.
+        ``accepted`` is the unix time the first job was accepted; ``fence`` runs
+        under the store's lock just before the version is written.
 
         Returns:
             The result (or why there was nothing to learn) and why serving lags
             behind the store, if it does.
+
+        Raises:
+            Rejected: If the guard kept the saved candidate from going live.
         """
         started = time.time()
         parent = self._store.get(adapter_id)
@@ -312,23 +335,33 @@ class Updates:
             trained = time.time()
             version, retired = self._save(parent, work, config, feedback_ids, result, fence)
         saved = time.time()
-        publish_error = self._go_live(version, retired)
+        version = self.guarding.judge(parent, version)
+        judged = time.time()
+        publish_error = None if version.rejected else self._go_live(version)
+        self.engine_forget(retired)
         done = time.time()
         timings = {
             "queue_seconds": started - accepted,
             "train_seconds": trained - started,
             "save_seconds": saved - trained,
-            "publish_seconds": done - saved,
+            "guard_seconds": judged - saved,
+            "publish_seconds": done - judged,
             "total_seconds": done - accepted,
         }
-        return FeedbackResult(
+        result_of = FeedbackResult(
             feedback_ids=tuple(feedback_ids),
             adapter_id=adapter_id,
             version=version.version,
             parent_version=parent.version,
-            metrics=_with_precheck(result.metrics, divergence),
+            metrics={
+                **_with_precheck(result.metrics, divergence),
+                **(version.verdict or {}).get("measures", {}),
+            },
             timings=timings,
-        ), publish_error
+        )
+        if version.rejected:
+            raise Rejected(rejection_message(version), result_of)
+        return result_of, publish_error
 
     def _train(
         self,
@@ -369,15 +402,15 @@ class Updates:
             feedback_ids=feedback_ids,
             metrics=dict(result.metrics),
             engine=self._parts.engine.name,
+            live=not self.guarding.enabled,
         )
         self._records.add_version(version)
         kept = {v.version for v in self._store.versions(adapter_id)}
         return version, [v for v in retained if v.version not in kept]
 
-    def _go_live(self, version: AdapterVersion, retired: list[AdapterVersion]) -> str | None:
+    def _go_live(self, version: AdapterVersion) -> str | None:
         """Tell the engine and the serving backend; return why serving lags, if it does."""
         self._parts.engine.on_published(version)
-        self.engine_forget(retired)
         return self.publish_quietly(version)
 
     def engine_forget(self, versions: list[AdapterVersion]) -> None:

@@ -227,21 +227,33 @@ class Client(FollowupCalls):
             raise StorageError(summary.error or f"adapter {adapter_id!r} has no live version")
         return summary.live
 
-    def rollback(self, adapter_id: str, version: int) -> AdapterVersion:
-        """Serve an older version again; later feedback builds on it."""
+    def rollback(self, adapter_id: str, version: int, *, force: bool = False) -> AdapterVersion:
+        """Serve an older version again (a version the guard rejected needs ``force``)."""
         path = self._adapter_path(adapter_id, "rollback")
-        return version_from(self._json("POST", path, json={"version": version}))
+        return version_from(self._json("POST", path, json={"version": version, "force": force}))
+
+    def force(self, adapter_id: str, version: int) -> AdapterVersion:
+        """Publish a version the guard rejected."""
+        return self.rollback(adapter_id, version, force=True)
+
+    def guard_probes(self, adapter_id: str) -> list[dict[str, Any]]:
+        """The adapter's own guard probes, ``{"prompt", "expect"}`` each."""
+        return list(self._json("GET", self._adapter_path(adapter_id, "probes"))["probes"])
+
+    def set_guard_probes(
+        self, adapter_id: str, probes: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Replace the adapter's own guard probes (``PUT .../probes``)."""
+        path, body = self._adapter_path(adapter_id, "probes"), {"probes": [*map(dict, probes)]}
+        return list(self._json("PUT", path, json=body)["probes"])
 
     def export(
         self, adapter_id: str, version: int | None = None, dest: str | os.PathLike[str] = "."
     ) -> Path:
         """Download a zip of one version (default: the live one) and return its path.
 
-        Args:
-            adapter_id: ``namespace/name``.
-            version: The version, or ``None`` for the live one.
-            dest: An existing directory (the server's file name is kept) or the
-                path of the zip file to write (missing parents are created).
+        ``dest`` is an existing directory (the server's file name is kept) or the
+        path of the zip file to write (missing parents are created).
         """
         params = {"version": version} if version is not None else None
         response = self._send("GET", self._adapter_path(adapter_id, "export"), params=params)

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_BASE_MODEL",
     "FOLLOWUP_SKIP_BELOW",
     "FollowupSettings",
+    "GuardSettings",
     "JobSettings",
     "ModalSettings",
     "ServerSettings",
@@ -53,6 +54,8 @@ BuiltinEngine = Literal["local", "tinker", "modal", "fake"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 DeviceKind = Literal["auto", "cpu", "cuda", "mps"]
 TinkerLoss = Literal["sdpo", "cross_entropy"]
+GuardMode = Literal["off", "probes", "strict"]
+GUARD_MODES: tuple[str, ...] = get_args(GuardMode)
 INFERENCE_BACKENDS: tuple[str, ...] = get_args(BuiltinBackend)
 TRAINING_ENGINES: tuple[str, ...] = get_args(BuiltinEngine)
 DTYPES: tuple[str, ...] = get_args(Dtype)
@@ -330,6 +333,45 @@ class ServerSettings:
     max_request_bytes: int = attrs.field(default=1_000_000, validator=_positive_int)
 
 
+def _fraction(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise _error(_name(instance, attribute), value, "must be a number from 0 to 1")
+
+
+def _positive_nats(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+        raise _error(_name(instance, attribute), value, "must be a positive number of nats")
+
+
+@attrs.frozen(kw_only=True)
+class GuardSettings:
+    """The check of a candidate version before it goes live (``settings.guard``).
+
+    See :mod:`claas.guard`; flat names are ``guard_mode``, ``guard_max_probe_drop``, ...
+
+    Attributes:
+        mode: ``off`` (publish every finite update), ``probes`` (capability
+            probes, the adapter's own probes and degenerate-answer signals) or
+            ``strict`` (also no probe lost at all, and the drift of the mean
+            logprob of the parent's answers).
+        max_probe_drop: Largest fraction of the probes the parent passed that
+            the candidate may fail (``probes`` mode).
+        max_degenerate: Largest fraction of empty, stub or looping answers.
+        max_drift: Largest drop, in nats per token, of the mean logprob the
+            candidate gives the parent's answers (``strict`` mode).
+        max_tokens: Answer length of each probe (greedy).
+    """
+
+    section: ClassVar[str] = "guard"
+    flat_prefix: ClassVar[str] = "guard_"
+
+    mode: GuardMode = attrs.field(default="probes", validator=_choice(GUARD_MODES))
+    max_probe_drop: float = attrs.field(default=0.25, validator=_fraction)
+    max_degenerate: float = attrs.field(default=0.25, validator=_fraction)
+    max_drift: float = attrs.field(default=1.0, validator=_positive_nats)
+    max_tokens: int = attrs.field(default=12, validator=_positive_int)
+
+
 _SECTION_RECORDS = (
     VllmSettings,
     TinkerSettings,
@@ -337,6 +379,7 @@ _SECTION_RECORDS = (
     ServerSettings,
     JobSettings,
     FollowupSettings,
+    GuardSettings,
 )
 _SECTIONS: dict[str, type] = {cls.section: cls for cls in _SECTION_RECORDS}
 # Flat name (``vllm_url``, ``api_keys``) -> (section, field).
@@ -395,6 +438,7 @@ class Settings:
         database_url: A ``postgresql://`` URL: records and job queue in
             PostgreSQL, shared by many processes (``None``: SQLite in the data dir).
         followups: Learning from follow-up messages (:class:`FollowupSettings`).
+        guard: The check before a version goes live (:class:`GuardSettings`).
     """
 
     data_dir: Path = attrs.field(factory=_default_data_dir, converter=_to_path)
@@ -424,6 +468,7 @@ class Settings:
     followups: FollowupSettings = attrs.field(
         factory=FollowupSettings, validator=_record(FollowupSettings)
     )
+    guard: GuardSettings = attrs.field(factory=GuardSettings, validator=_record(GuardSettings))
 
     @base_model.validator
     def _check_base_model(self, attribute: attrs.Attribute[str], value: str) -> None:

@@ -2,8 +2,8 @@
 
 Greedy answers to held-out questions are shown before and after; in between,
 the model answers training questions (sampled) and every answer gets the same
-feedback, each turned into one SDPO update. The answer length per step is
-plotted to a PNG.
+feedback, each turned into one SDPO update that the guard (:mod:`claas.guard`)
+lets go live or rejects. The answer length per step is plotted to a PNG.
 """
 
 from __future__ import annotations
@@ -62,10 +62,16 @@ class DemoReport:
     after_tokens: tuple[int, ...]
     step_tokens: tuple[int, ...]
     step_seconds: tuple[float, ...]
+    step_verdicts: tuple[str, ...]
     capability_answer: str
     capability_ok: bool
     wall_seconds: float
     plot: Path | None
+
+    @property
+    def rejected(self) -> int:
+        """Steps whose version the guard rejected."""
+        return sum(v.startswith("rejected") for v in self.step_verdicts)
 
     @property
     def mean_before(self) -> float:
@@ -129,7 +135,7 @@ def run_demo(
     learner.init_adapter(adapter_id)
     baseline = _answers(learner, adapter_id, HELD_OUT, max_tokens)
     notify("baseline", {"answers": baseline})
-    step_tokens, step_seconds = [], []
+    step_tokens, step_seconds, verdicts = [], [], []
     for step in range(steps):
         question = TRAINING[step % len(TRAINING)]
         answer = learner.chat(
@@ -140,10 +146,13 @@ def run_demo(
             seed=seed + step,
         )
         tick = time.perf_counter()
-        result = learner.feedback(answer.id, feedback, config=config)
+        job = learner.wait(learner.submit_feedback(answer.id, feedback, config=config).id)
+        result = None if job.status == "rejected" else learner.result_of(job)
+        verdict = f"rejected: {job.error}" if result is None else _verdict(result.metrics)
         step_seconds.append(time.perf_counter() - tick)
         step_tokens.append(len(answer.response_ids))
-        notify("step", {"step": step + 1, "answer": answer, "result": result})
+        verdicts.append(verdict)
+        notify("step", {"step": step + 1, "answer": answer, "result": result, "verdict": verdict})
     final = _answers(learner, adapter_id, HELD_OUT, max_tokens)
     check = _answers(learner, adapter_id, [CAPABILITY_CHECK[0]], max_tokens)[0]
     notify("final", {"answers": final, "check": check})
@@ -156,6 +165,7 @@ def run_demo(
         after_tokens=tuple(len(c.response_ids) for c in final),
         step_tokens=tuple(step_tokens),
         step_seconds=tuple(step_seconds),
+        step_verdicts=tuple(verdicts),
         capability_answer=check.text,
         capability_ok=CAPABILITY_CHECK[1] in check.text.lower(),
         wall_seconds=time.perf_counter() - started,
@@ -164,6 +174,12 @@ def run_demo(
     if plot_path is not None:
         plot_lengths(report, plot_path)
     return report
+
+
+def _verdict(metrics: Any) -> str:
+    if "guard_probe_score" not in metrics:
+        return "not guarded"
+    return f"passed (probes {metrics['guard_probe_score']:.0%})"
 
 
 def plot_lengths(report: DemoReport, path: Path) -> Path:

@@ -22,6 +22,7 @@ each subclass also inherits the standard-library exception it stands for, so
     ├── PermissionDenied (PermissionError)
     ├── TrainingError (RuntimeError)
     │   └── NonFiniteUpdate
+    ├── UpdateRejected (RuntimeError)
     ├── BackendUnavailable (ConnectionError)
     ├── StorageError (OSError)
     └── MissingDependency (ImportError)
@@ -59,6 +60,7 @@ __all__ = [
     "QueueFull",
     "StorageError",
     "TrainingError",
+    "UpdateRejected",
     "VersionNotFound",
     "error_code",
     "error_for_code",
@@ -141,6 +143,14 @@ class NonFiniteUpdate(TrainingError):
     """The loss or gradient of an update step was NaN or infinite; the step was refused."""
 
 
+class UpdateRejected(ClaasError, RuntimeError):
+    """The guard kept an update's version from going live (the message gives its reasons).
+
+    The version is kept as *rejected* (listed, exportable, never served); the
+    live version did not change.
+    """
+
+
 class BackendUnavailable(ClaasError, ConnectionError):
     """An inference backend, training service or the records database could not be reached."""
 
@@ -187,6 +197,7 @@ _CLASSES: tuple[type[ClaasError], ...] = (
     PermissionDenied,
     TrainingError,
     NonFiniteUpdate,
+    UpdateRejected,
     BackendUnavailable,
     StorageError,
     MissingDependency,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from claas._adapter_locks import AdapterLocks
-from claas._chat import completion_of, score_response, stream_of
+from claas._chat import completion_of, new_chat_id, score_response, stream_of
 from claas._cluster import follow_published
 from claas._components import Components
 from claas._followups import Followups
@@ -233,19 +233,34 @@ class Learner:
         """The version ``latest`` points at (the one chats are served by)."""
         return self._store.get(validate_adapter_id(adapter_id))
 
-    def rollback(self, adapter_id: str, version: int) -> AdapterVersion:
+    def rollback(self, adapter_id: str, version: int, *, force: bool = False) -> AdapterVersion:
         """Serve an older version again; later feedback builds on it.
 
-        Waits for feedback jobs accepted earlier to finish first.
+        Waits for feedback jobs accepted earlier to finish first. A version the
+        guard rejected needs ``force`` (raises ``Conflict`` otherwise).
         """
         validate_adapter_id(adapter_id)
         self._jobs.wait_for_adapter(adapter_id)
         with self._locks.hold(adapter_id):
             previous = self._store.latest_version(adapter_id)
-            target = self._store.rollback(adapter_id, version)
+            target = self._store.rollback(adapter_id, version, force=force)
             self._records.record_rollback(adapter_id, previous, target.version)
         self._updates.publish_quietly(target)
         return target
+
+    def force(self, adapter_id: str, version: int) -> AdapterVersion:
+        """Publish a version the guard rejected (it goes live; its verdict records the force)."""
+        return self.rollback(adapter_id, version, force=True)
+
+    def guard_probes(self, adapter_id: str) -> list[dict[str, Any]]:
+        """The adapter's own guard probes ("must still answer X"), ``{prompt, expect}`` each."""
+        return self._store.guard_probes(validate_adapter_id(adapter_id))
+
+    def set_guard_probes(
+        self, adapter_id: str, probes: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Replace the adapter's own guard probes: an answer must contain one of ``expect``."""
+        return self._store.set_guard_probes(validate_adapter_id(adapter_id), probes)
 
     def rollbacks(
         self,
@@ -333,7 +348,7 @@ class Learner:
         """
         chat_messages, version, serve = self._serve(adapter_id, messages, sampling)
         generation = self.inference.generate(chat_messages, **serve)
-        return self._completion(_new_id(), version, chat_messages, generation)
+        return self._completion(new_chat_id(), version, chat_messages, generation)
 
     def chat_stream(
         self, adapter_id: str | None, messages: MessagesLike, **sampling: object
@@ -344,9 +359,8 @@ class Learner:
         """
         chat_messages, version, serve = self._serve(adapter_id, messages, sampling)
         deltas = self.inference.stream(chat_messages, **serve)
-        return stream_of(
-            _new_id(), version, deltas, lambda i, g: self._completion(i, version, chat_messages, g)
-        )
+        record = lambda i, g: self._completion(i, version, chat_messages, g)  # noqa: E731
+        return stream_of(new_chat_id(), version, deltas, record)
 
     def complete(self, adapter_id: str | None, prompt: str, **sampling: object) -> Completion:
         """Continue a raw text prompt (no chat template) and record it."""
@@ -501,10 +515,9 @@ class Learner:
     def resume_interrupted(
         self, adapter_id: str | None = None, *, config: ConfigLike = None
     ) -> list[FeedbackResult]:
-        """Deprecated: replay feedback events recorded before feedback became jobs.
+        """Deprecated: replay feedback events no job carries (see :mod:`claas._legacy`).
 
-        Jobs interrupted by a crash are re-queued and applied once when a learner
-        starts; this only replays events no job carries (see :mod:`claas._legacy`).
+        Jobs interrupted by a crash are re-queued and applied once when a learner starts.
         """
         warn_resume_deprecated()
         return replay_events(
@@ -548,7 +561,3 @@ class Learner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _new_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex

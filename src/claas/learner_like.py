@@ -191,8 +191,22 @@ class LearnerLike(Protocol):
         """The version chats are served by."""
         ...
 
-    def rollback(self, adapter_id: str, version: int) -> AdapterVersion:
-        """Serve an older version again; later feedback builds on it."""
+    def rollback(self, adapter_id: str, version: int, *, force: bool = False) -> AdapterVersion:
+        """Serve an older version again (a rejected one needs ``force``)."""
+        ...
+
+    def force(self, adapter_id: str, version: int) -> AdapterVersion:
+        """Publish a version the guard rejected."""
+        ...
+
+    def guard_probes(self, adapter_id: str) -> list[dict[str, Any]]:
+        """The adapter's own guard probes, ``{"prompt", "expect"}`` each."""
+        ...
+
+    def set_guard_probes(
+        self, adapter_id: str, probes: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Replace the adapter's own guard probes."""
         ...
 
     def export(

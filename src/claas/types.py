@@ -499,11 +499,18 @@ class AdapterVersion:
     feedback_ids: tuple[str, ...] = ()
     metrics: Mapping[str, float] = attrs.field(factory=dict)
     engine: str = "local"
+    verdict: Mapping[str, Any] | None = None
+    """The guard's verdict (``passed``, ``reasons``, ``forced``, ...); ``None``: never judged."""
 
     @property
     def ref(self) -> str:
         """``namespace/name@version``, the name this version is served under."""
         return f"{self.adapter_id}@{self.version}"
+
+    @property
+    def rejected(self) -> bool:
+        """Whether the guard kept this version from going live (see :mod:`claas.guard`)."""
+        return self.verdict is not None and not self.verdict.get("passed", False)
 
 
 @attrs.frozen(kw_only=True)

@@ -119,6 +119,8 @@ class Preference:
         prompts: Training prompts; sampled answers to these get the feedback.
         probes: Held-out prompts answered greedily after every step.
         pairs: Preferred/dispreferred responses for logprob margins.
+        facts: Per held-out probe, the key facts (word starts) one of which its
+            answer must still contain: the ``content_kept`` metric.
     """
 
     name: str = attrs.field(validator=_name("Preference"))
@@ -128,10 +130,14 @@ class Preference:
     probes: tuple[str, ...] = attrs.field(converter=_tuple, validator=_texts("Preference"))
     pairs: tuple[Pair, ...] = attrs.field(default=(), converter=_tuple)
     followup: str | None = None
+    facts: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if self.followup is not None:
             _text("Preference")(self, attrs.fields(Preference).followup, self.followup)
+        unknown = sorted(set(self.facts) - set(self.probes))
+        if unknown:
+            raise InvalidConfig(f"preference {self.name!r}: facts for unknown probes {unknown}")
         if not callable(self.verifier):
             raise _error("Preference", "verifier", self.verifier, "must be a callable text->bool")
         if not self.prompts or not self.probes:
@@ -323,7 +329,7 @@ def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
 def _preference(name: str, spec: Mapping[str, Any]) -> Preference:
     if not isinstance(spec, Mapping):
         raise InvalidConfig(f"preference {name!r} must be a mapping, got {type(spec).__name__}")
-    fields = {"feedback", "followup", "verifier", "prompts", "probes", "pairs"}
+    fields = {"feedback", "followup", "verifier", "prompts", "probes", "pairs", "facts"}
     unknown = sorted(set(spec) - fields)
     if unknown:
         raise InvalidConfig(f"preference {name!r} has unknown key(s) {unknown}; known: {fields}")
@@ -336,6 +342,7 @@ def _preference(name: str, spec: Mapping[str, Any]) -> Preference:
             probes=spec.get("probes") or (),
             pairs=[Pair(**p) for p in spec.get("pairs") or ()],
             followup=spec.get("followup"),
+            facts={str(k): tuple(v) for k, v in (spec.get("facts") or {}).items()},
         )
     except TypeError as exc:
         raise InvalidConfig(f"preference {name!r}: {exc}") from exc

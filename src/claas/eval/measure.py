@@ -20,6 +20,7 @@ from claas.eval.metrics import (
 )
 from claas.eval.probes import CAPABILITY_PROBES, run_probes
 from claas.eval.targets import EvalTarget, Sample
+from claas.eval.verifiers import KeepsFact
 
 __all__ = ["Measurement", "capability_due", "finite", "measure", "sample_metrics"]
 
@@ -90,6 +91,8 @@ def measure(
         "mean_tokens": finite(mean(a.n_tokens for a in answers)),
     }
     details: dict[str, Any] = {"answers": [a.text for a in answers], "passed": passed}
+    if preference.facts:
+        metrics.update(_content(preference, answers, passed, details))
     if "margin" in config.metrics and preference.pairs:
         metrics.update(_margins(target, adapter_id, preference))
     if capability_due(config, step):
@@ -103,6 +106,27 @@ def measure(
     if collapse:
         metrics.update(_collapse(target, adapter_id, answers, config, baseline))
     return metrics, details
+
+
+def _content(
+    preference: Preference, answers: list[Sample], passed: list[bool], details: dict[str, Any]
+) -> dict[str, float | None]:
+    """Content kept (the answer names its key fact) and both at once, over probes with facts."""
+    kept = {
+        prompt: KeepsFact(any_of=preference.facts[prompt])(answer.text)
+        for prompt, answer in zip(preference.probes, answers, strict=True)
+        if prompt in preference.facts
+    }
+    both = [
+        ok and kept[prompt]
+        for prompt, ok in zip(preference.probes, passed, strict=True)
+        if prompt in kept
+    ]
+    details["facts_kept"] = kept
+    return {
+        "content_kept": finite(mean(float(k) for k in kept.values())),
+        "compliant_with_content": finite(mean(float(b) for b in both)),
+    }
 
 
 def _margins(

@@ -17,6 +17,8 @@ __all__ = ["TABLE_KEYS", "summarize", "summarize_preference", "write_json"]
 # The per-step columns of the summary table, in display order.
 TABLE_KEYS = (
     "compliance",
+    "content_kept",
+    "compliant_with_content",
     "mean_tokens",
     "train_compliance",
     "train_tokens",

@@ -13,7 +13,7 @@ arguments::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -22,6 +22,7 @@ from claas.errors import InvalidConfig
 
 __all__ = [
     "AllOf",
+    "KeepsFact",
     "MaxLength",
     "Mentions",
     "NoEmoji",
@@ -139,6 +140,32 @@ class Mentions:
         flags = 0 if self.case_sensitive else re.IGNORECASE
         pattern = rf"(?<!\w){re.escape(self.name.strip())}(?!\w)"
         return re.search(pattern, text, flags) is not None
+
+
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    return (values,) if isinstance(values, str) else tuple(values)
+
+
+@attrs.frozen(kw_only=True)
+class KeepsFact:
+    """Content kept: the response still names its key fact.
+
+    Passes when any of ``any_of`` starts a word of the response (case-insensitive),
+    so ``scatter`` also matches "scattering" and "scatters".
+    """
+
+    any_of: tuple[str, ...] = attrs.field(converter=_strings)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.any_of or not all(isinstance(f, str) and f.strip() for f in self.any_of):
+            raise InvalidConfig(f"KeepsFact.any_of={self.any_of!r} is invalid: non-empty words")
+
+    def __call__(self, text: str) -> bool:
+        """Return whether ``text`` contains one of the facts."""
+        return any(
+            re.search(rf"(?<!\w){re.escape(fact.strip())}", text, re.IGNORECASE)
+            for fact in self.any_of
+        )
 
 
 @attrs.frozen(kw_only=True)

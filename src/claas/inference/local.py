@@ -191,6 +191,47 @@ class LocalInference:
                 autocast=self.autocast.enabled,
             )
 
+    def answer_batch(
+        self, prompts: Sequence[Sequence[int]], *, adapter: AdapterVersion | None, max_tokens: int
+    ) -> list[tuple[list[int], list[float]]]:
+        """Greedy answers to several encoded prompts at once: token ids and logprobs each."""
+        from claas.inference._batch_decode import greedy_batch
+        from claas.inference._decode import eos_token_ids
+
+        eos_ids = eos_token_ids(self.tokenizer, self._base())
+        with self._using(adapter) as model:
+            return greedy_batch(
+                model,
+                prompts,
+                max_tokens=max_tokens,
+                eos_ids=eos_ids,
+                pad_id=self._pad_id(),
+                device=self._device,
+                autocast=self.autocast.enabled,
+            )
+
+    def score_batch(
+        self,
+        pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+        *,
+        adapter: AdapterVersion | None,
+    ) -> list[list[float]]:
+        """Logprobs of several (prompt, response) pairs in one forward pass."""
+        from claas.inference._batch_decode import score_batch
+
+        with self._using(adapter) as model:
+            return score_batch(
+                model,
+                pairs,
+                pad_id=self._pad_id(),
+                device=self._device,
+                autocast=self.autocast.enabled,
+            )
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
     def score(
         self,
         prompt_ids: Sequence[int],

@@ -20,7 +20,8 @@ __all__ = ["FORMAT_VERSION", "MANIFEST", "parse_manifest"]
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # A version's location is where it is found, so a stored "path" is ignored.
-_VERSION_KEYS = frozenset(f.name for f in attrs.fields(AdapterVersion)) - {"path"}
+# The guard's verdict is a file of its own (``verdict.json``), not part of the manifest.
+_VERSION_KEYS = frozenset(f.name for f in attrs.fields(AdapterVersion)) - {"path", "verdict"}
 _KNOWN_KEYS = _VERSION_KEYS | {"format_version", "path"}
 
 

@@ -23,12 +23,14 @@ import attrs
 from claas.errors import (
     AdapterExists,
     AdapterNotFound,
+    Conflict,
     InvalidConfig,
     InvalidRequest,
     StorageError,
     VersionNotFound,
 )
 from claas.storage._files import flock, fsync, listdir, write_json
+from claas.storage._guard_files import read_probes, read_verdict, write_probes, write_verdict
 from claas.storage._manifest import FORMAT_VERSION, MANIFEST, parse_manifest
 from claas.storage.base import WriteFn
 from claas.types import (
@@ -139,6 +141,7 @@ class LocalAdapterStore:
         feedback_ids: Sequence[str] = (),
         metrics: Mapping[str, float] | None = None,
         engine: str = "local",
+        live: bool = True,
     ) -> AdapterVersion:
         """Write a new version derived from ``parent`` and point ``latest`` at it.
 
@@ -154,6 +157,8 @@ class LocalAdapterStore:
             feedback_ids: The feedback events the update applied.
             metrics: What the update measured (loss, grad norm, ...).
             engine: Name of the training engine that made the files.
+            live: Point ``latest`` at it now; ``False`` keeps it a candidate
+                until :meth:`judge` records the guard's verdict.
 
         Returns:
             The new version.
@@ -189,21 +194,61 @@ class LocalAdapterStore:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             fsync(final.parent)
-            self._write_latest(adapter_dir, number)
+            if live:
+                self._write_latest(adapter_dir, number)
             self._prune(adapter_dir, self.keep_versions)
         return version
 
-    def rollback(self, adapter_id: str, version: int) -> AdapterVersion:
+    def judge(
+        self, adapter_id: str, version: int, verdict: Mapping[str, Any], *, go_live: bool
+    ) -> AdapterVersion:
+        """Record the guard's verdict on a version; with ``go_live``, point ``latest`` at it."""
+        with self._mutating(adapter_id) as adapter_dir:
+            target = self._load(adapter_id, adapter_dir, version)
+            write_verdict(Path(target.path), verdict)
+            if go_live:
+                self._write_latest(adapter_dir, target.version)
+            return self._load(adapter_id, adapter_dir, version)
+
+    def rollback(self, adapter_id: str, version: int, *, force: bool = False) -> AdapterVersion:
         """Point ``latest`` at an existing version, older or newer than the current one.
+
+        A version the guard rejected goes live only with ``force`` (its verdict
+        then records that it was forced).
 
         Raises:
             AdapterNotFound: If the adapter does not exist.
             VersionNotFound: If the version does not exist (never written, or retired).
+            Conflict: If the version was rejected and ``force`` is not given.
         """
         with self._mutating(adapter_id) as adapter_dir:
             target = self._load(adapter_id, adapter_dir, version)
+            if target.rejected and target.verdict is not None:
+                if not force:
+                    reasons = "; ".join(target.verdict.get("reasons", ()))
+                    raise Conflict(
+                        f"{target.ref} was rejected by the guard ({reasons}); "
+                        "force it to publish it anyway"
+                    )
+                write_verdict(Path(target.path), {**target.verdict, "forced": time.time()})
+                target = self._load(adapter_id, adapter_dir, version)
             self._write_latest(adapter_dir, target.version)
         return target
+
+    def guard_probes(self, adapter_id: str) -> list[dict[str, Any]]:
+        """The adapter's own guard probes (``{"prompt", "expect"}`` each)."""
+        return read_probes(self._existing_dir(adapter_id))
+
+    def set_guard_probes(
+        self, adapter_id: str, probes: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Replace the adapter's own guard probes; return them as stored.
+
+        Raises:
+            InvalidRequest: If a probe is malformed (nothing is changed).
+        """
+        with self._mutating(adapter_id) as adapter_dir:
+            return write_probes(adapter_dir, probes)
 
     def prune(self, adapter_id: str, keep_versions: int | None = None) -> list[int]:
         """Apply retention now: keep the newest versions and the one ``latest`` points at.
@@ -430,7 +475,9 @@ class LocalAdapterStore:
             text = (version_dir / MANIFEST).read_text(encoding="utf-8")
         except (FileNotFoundError, NotADirectoryError):
             raise VersionNotFound(f"{adapter_id}@{version} does not exist") from None
-        return parse_manifest(text, version_dir)
+        found = parse_manifest(text, version_dir)
+        verdict = read_verdict(version_dir)
+        return found if verdict is None else attrs.evolve(found, verdict=verdict)
 
     def _build_version(self, version_dir: Path, write: WriteFn, version: AdapterVersion) -> None:
         version_dir.mkdir(parents=True)
@@ -440,7 +487,7 @@ class LocalAdapterStore:
                 fsync(Path(dirpath, filename))
             fsync(Path(dirpath))
         manifest = {"format_version": FORMAT_VERSION, **attrs.asdict(version)}
-        del manifest["path"]
+        del manifest["path"], manifest["verdict"]
         write_json(version_dir / MANIFEST, manifest)  # last: its presence marks completeness
         fsync(version_dir)
 

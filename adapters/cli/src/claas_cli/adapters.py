@@ -130,6 +130,9 @@ def rollback(
     ctx: typer.Context,
     adapter_id: AdapterArg,
     version: Annotated[int, typer.Argument(min=0, help="Version to serve again.")],
+    force: Annotated[
+        bool, typer.Option(help="Publish it even though the guard rejected it.")
+    ] = False,
     url: UrlOpt = None,
     api_key: ApiKeyOpt = None,
     json: JsonOpt = False,
@@ -137,7 +140,7 @@ def rollback(
     """Serve an older (or newer) version again; later feedback builds on it."""
     state = state_of(ctx, json=json)
     with closing(open_client(state, url, api_key)) as client:
-        info = client.rollback(adapter_id, version)
+        info = client.rollback(adapter_id, version, force=force)
     state.out.data(
         version_view(info, live=True),
         lambda c: c.print(f"{escape(info.adapter_id)} now serves v{info.version}"),
@@ -185,6 +188,64 @@ def remove(
         {"adapter_id": adapter_id, "deleted_versions": count},
         lambda c: c.print(f"deleted {escape(adapter_id)} ({count} version(s))"),
     )
+
+
+@app.command("force")
+def force(
+    ctx: typer.Context,
+    adapter_id: AdapterArg,
+    version: Annotated[int, typer.Argument(min=0, help="A version the guard rejected.")],
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Publish a version the guard rejected (its verdict records that it was forced)."""
+    state = state_of(ctx, json=json)
+    with closing(open_client(state, url, api_key)) as client:
+        info = client.force(adapter_id, version)
+    state.out.data(
+        version_view(info, live=True),
+        lambda c: c.print(f"{escape(info.adapter_id)} now serves v{info.version} (forced)"),
+    )
+
+
+@app.command("probes")
+def probes(
+    ctx: typer.Context,
+    adapter_id: AdapterArg,
+    add: Annotated[
+        list[str] | None,
+        typer.Option(
+            help='Add a probe "QUESTION=ANSWER" (several answers: "Q=A1|A2"); repeat.',
+            show_default=False,
+        ),
+    ] = None,
+    clear: Annotated[bool, typer.Option(help="Remove every probe first.")] = False,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Show or change the adapter's own guard probes: questions it must still answer."""
+    state = state_of(ctx, json=json)
+    with closing(open_client(state, url, api_key)) as client:
+        found = [] if clear else client.guard_probes(adapter_id)
+        if add or clear:
+            found = client.set_guard_probes(adapter_id, [*found, *map(_probe_spec, add or [])])
+
+    def human(console: Console) -> None:
+        if not found:
+            console.print(f"{escape(adapter_id)} has no probes of its own")
+        for probe in found:
+            console.print(f"{escape(probe['prompt'])} -> {escape(' | '.join(probe['expect']))}")
+
+    state.out.data({"adapter_id": adapter_id, "probes": found}, human)
+
+
+def _probe_spec(text: str) -> dict[str, object]:
+    question, sep, answers = text.rpartition("=")
+    if not sep or not question.strip() or not answers.strip():
+        raise typer.BadParameter(f'expected "QUESTION=ANSWER", got {text!r}', param_hint="--add")
+    return {"prompt": question.strip(), "expect": [a.strip() for a in answers.split("|")]}
 
 
 @app.command("configure")

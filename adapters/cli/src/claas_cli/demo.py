@@ -59,11 +59,18 @@ def demo(
                     progress.update(task, description="feedback steps")
                 elif event == "step":
                     answer, result = data["answer"], data["result"]
-                    progress.console.print(
-                        f"step {data['step']:>2}: answer {len(answer.response_ids):>3} tokens -> "
-                        f"v{result.version}, loss {result.metrics['distill_loss']:.4f}, "
-                        f"{result.timings['train_seconds']:.2f}s"
-                    )
+                    head = f"step {data['step']:>2}: answer {len(answer.response_ids):>3} tokens"
+                    if result is None:  # the guard kept this step's version off
+                        line = f"{head} -> [red]{escape(data['verdict'])}[/]"
+                    else:
+                        line = (
+                            f"{head} -> v{result.version}, "
+                            f"loss {result.metrics['distill_loss']:.4f}, "
+                            f"{result.timings['train_seconds']:.2f}s train, "
+                            f"{result.timings.get('guard_seconds', 0.0):.2f}s guard: "
+                            f"{escape(data['verdict'])}"
+                        )
+                    progress.console.print(line)
                     progress.advance(task)
                 elif event == "final":
                     progress.update(task, description="final answers")
@@ -99,5 +106,9 @@ def _print_report(console: Console, report: DemoReport) -> None:
         f"Mean answer length: {report.mean_before:.0f} -> {report.mean_after:.0f} tokens "
         f"({report.change:+.0%}); capability check "
         f"{verdict}: {escape(repr(report.capability_answer))}"
+    )
+    console.print(
+        f"Guard: {len(report.step_verdicts) - report.rejected} of {len(report.step_verdicts)} "
+        f"steps went live, {report.rejected} rejected"
     )
     console.print(f"Plot: {escape(str(report.plot))}   wall time: {report.wall_seconds:.0f}s")

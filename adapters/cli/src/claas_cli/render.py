@@ -61,7 +61,21 @@ def version_view(version: AdapterVersion, *, live: bool) -> dict[str, Any]:
         "base_model": version.base_model,
         "feedback_ids": list(version.feedback_ids),
         "metrics": dict(version.metrics),
+        "rejected": version.rejected,
+        "verdict": dict(version.verdict) if version.verdict is not None else None,
     }
+
+
+def guard_cell(version: AdapterVersion) -> str:
+    """The guard's word on a version: passed, rejected (with reasons) or forced live."""
+    verdict = version.verdict
+    if verdict is None:
+        return "-"
+    if verdict.get("passed"):
+        return "[green]passed[/]"
+    forced = " [yellow](forced live)[/]" if verdict.get("forced") else ""
+    reasons = "; ".join(verdict.get("reasons") or [])
+    return f"[red]rejected[/]{forced}: {escape(reasons)}"
 
 
 def update_view(result: FeedbackResult) -> dict[str, Any]:
@@ -92,9 +106,9 @@ def summary_view(summary: AdapterSummary) -> dict[str, Any]:
 
 
 def versions_table(adapter_id: str, versions: Sequence[AdapterVersion], live: int) -> Table:
-    """A table of versions: number (``*`` = live), parent, created, feedback, loss."""
+    """A table of versions: number (``*`` = live), parent, created, feedback, loss, guard."""
     table = Table(title=f"{escape(adapter_id)} versions")
-    for column in ("version", "parent", "created", "feedback", "loss"):
+    for column in ("version", "parent", "created", "feedback", "loss", "guard"):
         table.add_column(column)
     for info in versions:
         loss = info.metrics.get("distill_loss", info.metrics.get("loss"))
@@ -104,6 +118,7 @@ def versions_table(adapter_id: str, versions: Sequence[AdapterVersion], live: in
             format_time(info.created),
             str(len(info.feedback_ids)),
             "-" if loss is None else f"{loss:.4f}",
+            guard_cell(info),
         )
     return table
 

@@ -260,11 +260,25 @@ def _lineage(versions: Sequence[AdapterVersion], live: int) -> str:
         items = []
         for v in children.get(parent, []):
             mark = " <span class=live>(live)</span>" if v.version == live else ""
+            if v.rejected:
+                mark += " <span class=status-failed>(rejected)</span>"
             sub = render(v.version, depth + 1) if depth < 200 else ""
             items.append(f"<li>v{v.version}{mark}{sub}</li>")
         return f"<ul{' class=tree' if depth == 0 else ''}>{''.join(items)}</ul>" if items else ""
 
     return render(None, 0)
+
+
+def _guard_cell(version: AdapterVersion) -> str:
+    """The guard's verdict on a version: passed, or rejected with its reasons."""
+    verdict = version.verdict
+    if verdict is None:
+        return td("")
+    if verdict.get("passed"):
+        return td("passed", cls="status-applied")
+    forced = " (forced live)" if verdict.get("forced") else ""
+    reasons = "; ".join(verdict.get("reasons") or [])
+    return td(f"rejected{forced}: {reasons}", cls="status-failed")
 
 
 def _adapter_page(state: ServerState, caller: Principal, adapter_id: str) -> str:
@@ -300,6 +314,8 @@ def _adapter_page(state: ServerState, caller: Principal, adapter_id: str) -> str
             td(number(v.metrics.get("grad_norm")), numeric=True),
             td(number(v.metrics.get("tokens")), numeric=True),
             td(v.engine),
+            _guard_cell(v),
+            td(number((v.verdict or {}).get("measures", {}).get("guard_seconds")), numeric=True),
         ]
         for v in reversed(versions)
     ]
@@ -333,6 +349,8 @@ def _adapter_page(state: ServerState, caller: Principal, adapter_id: str) -> str
                 "grad norm",
                 "tokens",
                 "engine",
+                "guard",
+                "guard s",
             ),
             version_rows,
             empty="No versions.",

@@ -42,6 +42,7 @@ from claas.errors import (
     QueueFull,
     StorageError,
     TrainingError,
+    UpdateRejected,
     error_code,
 )
 from claas_server.schemas import ErrorResponse
@@ -81,6 +82,7 @@ _CORE_STATUS: Mapping[type[BaseException], tuple[int, str]] = {
     QueueFull: (429, "requests"),
     PermissionDenied: (403, "permission_error"),
     NonFiniteUpdate: (422, "unprocessable_entity_error"),
+    UpdateRejected: (422, "unprocessable_entity_error"),
     TrainingError: (500, "server_error"),
     BackendUnavailable: (503, "service_unavailable_error"),
     StorageError: (500, "server_error"),

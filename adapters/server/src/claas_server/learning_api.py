@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Collection
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
@@ -36,6 +36,7 @@ from claas_server.schemas import (
     AdapterList,
     AdapterVersionInfo,
     DeletedAdapter,
+    GuardProbes,
     RollbackInfo,
     RollbackRequest,
     ScoreRequest,
@@ -65,7 +66,15 @@ def _version_info(version: AdapterVersion, live: int) -> AdapterVersionInfo:
         metrics=finite(version.metrics),
         engine=version.engine,
         live=version.version == live,
+        rejected=version.rejected,
+        verdict=_verdict(version),
     )
+
+
+def _verdict(version: AdapterVersion) -> dict[str, Any] | None:
+    if version.verdict is None:
+        return None
+    return {**version.verdict, "measures": finite(version.verdict.get("measures") or {})}
 
 
 # ----------------------------------------------------------------------- adapters
@@ -167,8 +176,35 @@ def rollback(
 ) -> AdapterVersionInfo:
     """Move the live pointer to ``version``; later feedback builds on it."""
     adapter_id = caller.require(_adapter_id(namespace, name))
-    target = state.learner.rollback(adapter_id, body.version)
+    target = state.learner.rollback(adapter_id, body.version, force=body.force)
     return _version_info(target, target.version)
+
+
+@router.get(
+    "/v1/adapters/{namespace}/{name}/probes",
+    response_model=GuardProbes,
+    tags=["adapters"],
+    summary="The adapter's own guard probes",
+)
+def get_probes(namespace: str, name: str, state: State, caller: Caller) -> GuardProbes:
+    """Questions every new version must still answer before it goes live."""
+    adapter_id = caller.require(_adapter_id(namespace, name))
+    return GuardProbes.model_validate({"probes": state.learner.guard_probes(adapter_id)})
+
+
+@router.put(
+    "/v1/adapters/{namespace}/{name}/probes",
+    response_model=GuardProbes,
+    tags=["adapters"],
+    summary="Replace the adapter's own guard probes",
+)
+def put_probes(
+    namespace: str, name: str, body: GuardProbes, state: State, caller: Caller
+) -> GuardProbes:
+    """A version that stops answering one of these (its parent did) is rejected."""
+    adapter_id = caller.require(_adapter_id(namespace, name))
+    stored = state.learner.set_guard_probes(adapter_id, [p.model_dump() for p in body.probes])
+    return GuardProbes.model_validate({"probes": stored})
 
 
 @router.get(

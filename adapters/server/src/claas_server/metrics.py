@@ -37,6 +37,8 @@ _OUTCOMES = ("applied", "failed")
 # A job's final status -> the feedback step outcome it counts as (a cancelled job made none).
 _STEP_OUTCOME = {"applied": "applied", "failed": "failed", "rejected": "failed"}
 _TOKEN_KINDS = ("prompt", "completion")
+_GUARD_OUTCOMES = ("passed", "rejected")
+_GUARD_OUTCOME = {"applied": "passed", "rejected": "rejected"}
 
 
 class LearnerGauges:
@@ -137,6 +139,18 @@ class Metrics:
             buckets=JOB_BUCKETS,
             registry=self.registry,
         )
+        self._guard = Counter(
+            "claas_guard_verdicts_total",
+            "Candidate versions the guard judged, by outcome (passed or rejected).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self._guard_seconds = Histogram(
+            "claas_guard_seconds",
+            "Seconds the guard took to judge a candidate version.",
+            buckets=STEP_BUCKETS,
+            registry=self.registry,
+        )
         # Known label values are exported as 0 before the first event, so a rate() over
         # them has a starting point.
         for outcome in _OUTCOMES:
@@ -145,6 +159,8 @@ class Metrics:
             self._tokens.labels(kind=kind)
         for status in FINAL_JOB_STATUSES:
             self._jobs.labels(outcome=status)
+        for verdict in _GUARD_OUTCOMES:
+            self._guard.labels(outcome=verdict)
 
     def observe_request(self, method: str, route: str, status: int) -> None:
         """Count one HTTP request by method, route template and status."""
@@ -170,10 +186,20 @@ class Metrics:
         self._jobs.labels(outcome=job.status).inc()
         if job.finished is not None and math.isfinite(job.finished - job.accepted):
             self._job_latency.observe(max(0.0, job.finished - job.accepted))
+        self._observe_guard(job)
         step = _STEP_OUTCOME.get(job.status)
         if step is not None:
             items = len(job.feedback_ids) if step == "applied" else 0
             self.observe_feedback(step, items=items, seconds=job.timings.get("total_seconds"))
+
+    def _observe_guard(self, job: FeedbackJob) -> None:
+        """Count the guard's verdict on the job's candidate, if the guard judged one."""
+        seconds = job.metrics.get("guard_seconds")
+        if seconds is None or job.status not in _GUARD_OUTCOME:
+            return
+        self._guard.labels(outcome=_GUARD_OUTCOME[job.status]).inc()
+        if math.isfinite(seconds):
+            self._guard_seconds.observe(seconds)
 
     def observe_tokens(self, prompt: int, completion: int) -> None:
         """Count tokens served."""

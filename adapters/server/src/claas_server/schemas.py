@@ -43,6 +43,8 @@ __all__ = [
     "FeedbackItem",
     "FeedbackRequest",
     "FeedbackResponse",
+    "GuardProbe",
+    "GuardProbes",
     "Health",
     "JobInfo",
     "JobList",
@@ -653,6 +655,13 @@ class AdapterVersionInfo(_Response):
     metrics: dict[str, float | None]
     engine: str
     live: bool = Field(description="Whether chats are served by this version.")
+    rejected: bool = Field(
+        default=False, description="Whether the guard kept this version from going live."
+    )
+    verdict: dict[str, Any] | None = Field(
+        default=None,
+        description="The guard's verdict: passed, mode, reasons, measures, answers, forced.",
+    )
 
 
 class CompletionRecord(_Response):
@@ -723,6 +732,22 @@ class VersionList(_Response):
 
 class RollbackRequest(_Request):
     version: int = Field(ge=0)
+    force: bool = Field(
+        default=False, description="Publish a version the guard rejected (else 409)."
+    )
+
+
+class GuardProbe(_Request):
+    prompt: str = Field(min_length=1, max_length=2000, description="A question to ask.")
+    expect: list[str] = Field(
+        min_length=1, description="Answers one of which the reply must contain (whole word)."
+    )
+
+
+class GuardProbes(_Request):
+    """An adapter's own guard probes ("must still answer X")."""
+
+    probes: list[GuardProbe] = Field(max_length=32)
 
 
 class DeletedAdapter(_Response):

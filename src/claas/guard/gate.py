@@ -1,0 +1,173 @@
+"""Running the guard: ask the probes of a candidate and its parent, then decide.
+
+The answers come from the inference backend that serves the adapter (it has
+the base model in memory already): greedy, short, and batched when the
+backend offers :class:`BatchAnswerer` (the local backend does). The parent's
+answers are remembered per version, so an update pays for its candidate's
+answers only, and a candidate that goes live hands its answers on as the next
+parent's.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from claas.config import Settings
+from claas.guard.probes import GUARD_PROBES, Probe, user_probe
+from claas.guard.verdict import Answers, Verdict, decide
+from claas.inference.base import InferenceBackend
+from claas.teacher import ChatTokenizer, encode_chat
+from claas.thinking import visible_text
+from claas.types import AdapterVersion, ChatMessage, SamplingParams
+
+__all__ = ["BatchAnswerer", "Gate"]
+
+_CACHED = 64
+
+
+@runtime_checkable
+class BatchAnswerer(Protocol):
+    """A backend that answers and scores several encoded prompts in one batch."""
+
+    def answer_batch(
+        self, prompts: Sequence[Sequence[int]], *, adapter: AdapterVersion | None, max_tokens: int
+    ) -> list[tuple[list[int], list[float]]]:
+        """Greedy answers: token ids and their logprobs, per prompt."""
+        ...
+
+    def score_batch(
+        self,
+        pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+        *,
+        adapter: AdapterVersion | None,
+    ) -> list[list[float]]:
+        """Logprob of each response token of each (prompt, response) pair."""
+        ...
+
+
+@attrs.frozen
+class _Asked:
+    """One version's answers with the token ids they were generated as."""
+
+    answers: Answers
+    tokens: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]  # (prompt ids, response ids)
+
+
+class Gate:
+    """Judges candidate versions for one learner (see the module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._known: dict[tuple[Any, ...], _Asked] = {}
+        self._lock = threading.Lock()
+
+    def judge(
+        self,
+        backend: InferenceBackend,
+        tokenizer: ChatTokenizer,
+        parent: AdapterVersion,
+        candidate: AdapterVersion,
+        user_probes: Sequence[Mapping[str, Any]] = (),
+    ) -> Verdict:
+        """The verdict on ``candidate`` against ``parent`` (``measures`` includes the seconds)."""
+        started = time.perf_counter()
+        probes = (*GUARD_PROBES, *(user_probe(p) for p in user_probes))
+        before = self._asked(backend, tokenizer, parent, probes)
+        after = self._ask(backend, tokenizer, candidate, probes)
+        answers = after.answers
+        if self._settings.guard.mode == "strict":  # one more forward pass, so only when used
+            scored = _score(backend, list(before.tokens), candidate)
+            answers = attrs.evolve(answers, anchor_logprob=_mean(scored))
+        verdict = decide(before.answers, answers, self._settings.guard)
+        if verdict.passed:
+            self._remember(candidate, probes, after)
+        seconds = time.perf_counter() - started
+        return attrs.evolve(verdict, measures={**verdict.measures, "guard_seconds": seconds})
+
+    def _key(self, version: AdapterVersion, probes: Sequence[Probe]) -> tuple[Any, ...]:
+        prompts = tuple(p.prompt for p in probes)
+        return (version.adapter_id, version.version, version.path, prompts, self._max_tokens)
+
+    @property
+    def _max_tokens(self) -> int:
+        return self._settings.guard.max_tokens
+
+    def _asked(
+        self,
+        backend: InferenceBackend,
+        tokenizer: ChatTokenizer,
+        version: AdapterVersion,
+        probes: Sequence[Probe],
+    ) -> _Asked:
+        with self._lock:
+            known = self._known.get(self._key(version, probes))
+        if known is None:
+            known = self._ask(backend, tokenizer, version, probes)
+            self._remember(version, probes, known)
+        return known
+
+    def _remember(self, version: AdapterVersion, probes: Sequence[Probe], asked: _Asked) -> None:
+        with self._lock:
+            if len(self._known) >= _CACHED:
+                self._known.pop(next(iter(self._known)))
+            self._known[self._key(version, probes)] = asked
+
+    def _ask(
+        self,
+        backend: InferenceBackend,
+        tokenizer: ChatTokenizer,
+        version: AdapterVersion,
+        probes: Sequence[Probe],
+    ) -> _Asked:
+        thinking = self._settings.thinking
+        chats = [[ChatMessage(role="user", content=p.prompt)] for p in probes]
+        prompts = [tuple(encode_chat(tokenizer, chat, thinking=thinking)) for chat in chats]
+        if isinstance(backend, BatchAnswerer):
+            rows = backend.answer_batch(prompts, adapter=version, max_tokens=self._max_tokens)
+        else:
+            greedy = SamplingParams(temperature=0.0, max_tokens=self._max_tokens, seed=0)
+            made = [backend.generate(c, adapter=version, sampling=greedy) for c in chats]
+            prompts = [g.prompt_ids for g in made]
+            rows = [(list(g.response_ids), list(g.response_logprobs)) for g in made]
+        texts = [
+            visible_text(str(tokenizer.decode(ids, skip_special_tokens=True))) for ids, _ in rows
+        ]
+        own = [lp for _, logprobs in rows for lp in logprobs]
+        answers = Answers(
+            prompts=tuple(p.prompt for p in probes),
+            kinds=tuple(p.kind for p in probes),
+            texts=tuple(texts),
+            passed=tuple(bool(p.check(t)) for p, t in zip(probes, texts, strict=True)),
+            anchor_logprob=sum(own) / len(own) if own else None,
+        )
+        tokens = tuple((tuple(p), tuple(ids)) for p, (ids, _) in zip(prompts, rows, strict=True))
+        return _Asked(answers=answers, tokens=tokens)
+
+
+def _score(
+    backend: InferenceBackend,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    version: AdapterVersion,
+) -> list[float]:
+    """Every logprob the version gives the anchor answers' tokens, flattened."""
+    pairs = [(p, r) for p, r in pairs if r]
+    if not pairs:
+        return []
+    if isinstance(backend, BatchAnswerer):
+        rows = backend.score_batch(pairs, adapter=version)
+    else:
+        rows = [backend.score(p, r, adapter=version) for p, r in pairs]
+    return [lp for row in rows for lp in row]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    if not values:
+        return None
+    total = math.fsum(values) / len(values)
+    return total if math.isfinite(total) else -math.inf
