@@ -6,7 +6,7 @@ and an adapter's next job is claimed only when none of its jobs is running:
 each adapter's updates apply one at a time, in acceptance order.
 
 The PostgreSQL backend (:mod:`claas.records.postgres`) runs the same methods
-through its dialect layer and overrides the claim (``FOR UPDATE SKIP
+through its dialect layer and replaces the claim's query (``FOR UPDATE SKIP
 LOCKED``). The hooks it fills are ``_serialize`` (a lock held to the end of
 the transaction; SQLite's write lock already is one), ``_notify`` (wake other
 processes at commit) and ``_FOR_UPDATE`` (row locks on read-then-write).
