@@ -163,18 +163,35 @@ def measure_cluster(*, rounds: int, jobs: int, models_dir: str | None) -> dict[s
                     post.ok(post.http.delete(f"/v1/feedback/{job_id}"))
             for adapter in ADAPTERS:
                 post.create(adapter)
-            with _worker(shared, tmp / "worker-1.log"):
-                for adapter in ADAPTERS:  # the worker's first loads: model, LoRA, engine state
-                    post.wait(post.submit(adapter)[0])
-                one = post.burst(jobs)
-                with _worker(shared, tmp / "worker-2.log"):
-                    for adapter in ADAPTERS:  # the second worker's first loads, shared out
-                        post.wait(post.submit(adapter)[0])
-                    two = post.burst(jobs)
+            try:
+                one, two = _throughput(post, shared, tmp, jobs)
+            except RuntimeError as exc:  # the API shows a 5xx job's reason only in the database
+                raise RuntimeError(f"{exc}; failed jobs: {_failures(url)}") from exc
     finally:
         server.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return {**series, "one_worker": one, "two_workers": two}
+
+
+def _throughput(post: _Client, shared: dict[str, str], tmp: Path, jobs: int) -> tuple[float, float]:
+    """Jobs per minute with one worker, then with two."""
+    with _worker(shared, tmp / "worker-1.log"):
+        for adapter in ADAPTERS:  # the worker's first loads: model, LoRA, engine state
+            post.wait(post.submit(adapter)[0])
+        one = post.burst(jobs)
+        with _worker(shared, tmp / "worker-2.log"):
+            for adapter in ADAPTERS:  # the second worker's first loads, shared out
+                post.wait(post.submit(adapter)[0])
+            two = post.burst(jobs)
+    return one, two
+
+
+def _failures(url: str) -> list[tuple[str, str]]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT id, error FROM jobs WHERE status = 'failed'").fetchall()
+    return [(str(job_id), str(error)) for job_id, error in rows]
 
 
 def _rows(result: dict[str, Any], jobs: int) -> list[m.Row]:

@@ -51,6 +51,7 @@ def _take_over(records: RecordsBackend) -> tuple[FeedbackJob, FeedbackJob]:
     _add(records, 1)
     (first,) = records.claim_jobs("host:1:a", lease_seconds=0.05)
     time.sleep(0.1)
+    assert records.holds_lease(["job-1"], "host:1:a")  # expired, but nobody took it over
     assert records.requeue_stale(lambda worker: True) == ["job-1"]  # expired, though alive
     (second,) = records.claim_jobs("host:2:b", lease_seconds=30)
     return first, second
