@@ -126,6 +126,7 @@ def measure_cluster(*, rounds: int, jobs: int, models_dir: str | None) -> dict[s
     server.start()
     try:
         url = server.new_database()
+        models_dir = models_dir or str(tmp / "models")  # every process converts the model once
         (tmp / "sqlite").mkdir()
         (tmp / "shared").mkdir()
         off = {"CLAAS_JOBS_WORKER": "off"}
@@ -139,13 +140,13 @@ def measure_cluster(*, rounds: int, jobs: int, models_dir: str | None) -> dict[s
             lite, post = _Client(lite_url), _Client(pg_url)
             for client in (lite, post):
                 client.create(LATENCY_ADAPTER)
-            queued: list[str] = []
+            queued: list[tuple[_Client, str]] = []
 
             def step(client: _Client, what: str) -> float:
                 if what == "chat":
                     return client.chat(LATENCY_ADAPTER)[1]
                 job_id, seconds = client.submit(LATENCY_ADAPTER)
-                queued.append(job_id)
+                queued.append((client, job_id))
                 return seconds
 
             series = m.interleave(
@@ -157,22 +158,40 @@ def measure_cluster(*, rounds: int, jobs: int, models_dir: str | None) -> dict[s
                     "submit_pg": lambda: step(post, "submit"),
                 },
             )
-            for job_id in queued[1::2]:  # the PostgreSQL server's, before any worker starts
-                post.ok(post.http.delete(f"/v1/feedback/{job_id}"))
+            for client, job_id in queued:  # the PostgreSQL server's, before a worker starts
+                if client is post:
+                    post.ok(post.http.delete(f"/v1/feedback/{job_id}"))
             for adapter in ADAPTERS:
                 post.create(adapter)
-            with _worker(shared, tmp / "worker-1.log"):
-                for adapter in ADAPTERS:  # the worker's first loads: model, LoRA, engine state
-                    post.wait(post.submit(adapter)[0])
-                one = post.burst(jobs)
-                with _worker(shared, tmp / "worker-2.log"):
-                    for adapter in ADAPTERS:  # the second worker's first loads, shared out
-                        post.wait(post.submit(adapter)[0])
-                    two = post.burst(jobs)
+            try:
+                one, two = _throughput(post, shared, tmp, jobs)
+            except RuntimeError as exc:  # the API shows a 5xx job's reason only in the database
+                raise RuntimeError(f"{exc}; failed jobs: {_failures(url)}") from exc
     finally:
         server.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return {**series, "one_worker": one, "two_workers": two}
+
+
+def _throughput(post: _Client, shared: dict[str, str], tmp: Path, jobs: int) -> tuple[float, float]:
+    """Jobs per minute with one worker, then with two."""
+    with _worker(shared, tmp / "worker-1.log"):
+        for adapter in ADAPTERS:  # the worker's first loads: model, LoRA, engine state
+            post.wait(post.submit(adapter)[0])
+        one = post.burst(jobs)
+        with _worker(shared, tmp / "worker-2.log"):
+            for adapter in ADAPTERS:  # the second worker's first loads, shared out
+                post.wait(post.submit(adapter)[0])
+            two = post.burst(jobs)
+    return one, two
+
+
+def _failures(url: str) -> list[tuple[str, str]]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT id, error FROM jobs WHERE status = 'failed'").fetchall()
+    return [(str(job_id), str(error)) for job_id, error in rows]
 
 
 def _rows(result: dict[str, Any], jobs: int) -> list[m.Row]:

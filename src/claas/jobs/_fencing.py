@@ -5,8 +5,9 @@ network partition) and another worker then takes the job over. Two checks keep
 the job applied once, both made just before the new version is written, under
 the adapter store's lock (so no other publish of the adapter runs meanwhile):
 
-- the worker still holds the lease of every job it applies (else
-  :class:`LeaseLost`: it publishes nothing, and its finish changes nothing);
+- the worker still holds every job it applies: no other worker took it over
+  after its lease ran out (else :class:`LeaseLost`: it publishes nothing, and
+  its finish changes nothing);
 - no stored version has learned these feedback ids yet (else
   :class:`AlreadyPublished`: a previous holder of the lease got that far, and
   its version is the job's).

@@ -6,7 +6,7 @@ and an adapter's next job is claimed only when none of its jobs is running:
 each adapter's updates apply one at a time, in acceptance order.
 
 The PostgreSQL backend (:mod:`claas.records.postgres`) runs the same methods
-through its dialect layer and overrides the claim (``FOR UPDATE SKIP
+through its dialect layer and replaces the claim's query (``FOR UPDATE SKIP
 LOCKED``). The hooks it fills are ``_serialize`` (a lock held to the end of
 the transaction; SQLite's write lock already is one), ``_notify`` (wake other
 processes at commit) and ``_FOR_UPDATE`` (row locks on read-then-write).
@@ -233,13 +233,17 @@ class SQLiteJobRows:
             return [_one(conn, job_id) for job_id in ids]
 
     def holds_lease(self, job_ids: Sequence[str], worker: str) -> bool:
-        """Whether ``worker`` still runs every one of ``job_ids`` under an unexpired lease."""
+        """Whether ``worker`` still runs every one of ``job_ids`` (no one took them over).
+
+        An expired lease nobody took over still counts: no other worker runs
+        the job, so its holder may finish it.
+        """
         marks = ", ".join("?" * len(job_ids))
         with self._tx() as conn:
             held = conn.execute(
                 f"SELECT COUNT(*) FROM jobs WHERE id IN ({marks}) AND status = 'running' "
-                "AND worker = ? AND lease_expires > ?",
-                (*job_ids, worker, time.time()),
+                "AND worker = ?",
+                (*job_ids, worker),
             ).fetchone()[0]
         return int(held) == len(set(job_ids))
 

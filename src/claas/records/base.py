@@ -190,7 +190,7 @@ class JobQueue(Protocol):
         ...
 
     def holds_lease(self, job_ids: Sequence[str], worker: str) -> bool:
-        """Whether ``worker`` still runs all of ``job_ids`` under an unexpired lease."""
+        """Whether ``worker`` still runs all of ``job_ids`` (no other worker took them over)."""
         ...
 
     def finish_jobs(
