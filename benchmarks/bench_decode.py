@@ -6,10 +6,11 @@ question greedily in turns; a token's time is the stream's time after its first 
 divided by the tokens after it (the first token pays for the prompt). The row is the
 default's ms/token against float32's.
 
-A fresh version: each round a new adapter version is written, published to the default
-backend (its LoRA weights copied into a slot) and asked the question; the clock runs from
-``publish`` to the first streamed token. The reference is the same question asked of
-that version right after, now warm.
+A fresh version: each round a new version of one adapter is written, published to the
+default backend (it supersedes the last one, so its LoRA weights are copied into that
+one's slot, as after a feedback) and asked the question; the clock runs from ``publish``
+to the first streamed token. The reference is the same question asked of that version
+right after, now warm.
 """
 
 from __future__ import annotations
@@ -77,13 +78,16 @@ def measure_decode(
         tokens[name] = count
         return after / max(count, 1)
 
-    def fresh_version(i: int) -> float:
-        version = store.create(
-            f"bench/decode-{i}",
-            base_model=settings.base_model,
-            lora=lora,
-            write=lambda out: trainer.init_adapter(lora, out),
-        )
+    def write(out: Path) -> None:
+        trainer.init_adapter(lora, out)
+
+    versions = [
+        store.create("bench/decode", base_model=settings.base_model, lora=lora, write=write)
+    ]
+
+    def fresh_version() -> float:
+        version = store.publish("bench/decode", parent=versions[-1].version, write=write)
+        versions.append(version)
         started = time.perf_counter()
         default.publish(version)
         first, _, _ = _timed_stream(
@@ -99,7 +103,7 @@ def measure_decode(
     try:
         per_token(default, "default")  # warm-up: kernel selection, first slot
         per_token(fp32, "float32")
-        fresh_version(-1)
+        fresh_version()
         warm.clear()
         series = m.interleave(
             rounds,
@@ -108,7 +112,7 @@ def measure_decode(
                 "float32": lambda: per_token(fp32, "float32"),
             },
         )
-        fresh = [fresh_version(i) for i in range(rounds)]
+        fresh = [fresh_version() for _ in range(rounds)]
         precision = default.autocast.describe()
     finally:
         default.close()
