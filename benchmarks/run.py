@@ -8,6 +8,8 @@ Usage::
     nox -s bench -- step --threads 1
 
 Benchmarks: ``step`` (update step vs the matmul floor; tokens/s and peak RSS by batch),
+``decode`` (greedy ms/token under the default precision vs float32; a fresh version's
+first token vs a warm one's),
 ``loss`` (chunked SDPO loss vs an unchunked float32 one, and TRL's, at T=4096,
 V=151936, K=100), ``latency`` (feedback to the first token of the new version, local
 and vLLM), ``proxy`` (chat through the CLaaS server vs straight to vLLM), ``service``
@@ -36,7 +38,7 @@ from typing import Any
 import _measure as m
 from _servers import vllm_for
 
-BENCHMARKS = ("step", "loss", "latency", "proxy", "service", "cluster")
+BENCHMARKS = ("step", "decode", "loss", "latency", "proxy", "service", "cluster")
 
 
 def _ints(text: str) -> list[int]:
@@ -67,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("CLAAS_MODEL_CACHE_DIR"),
         help="converted-model cache (default: $CLAAS_MODEL_CACHE_DIR or Settings')",
     )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the step and decode benchmarks run: cpu or cuda[:N] (default: cpu)",
+    )
     p.add_argument("--output", type=Path, help="also write the table (Markdown) here")
     p.add_argument("--strict", action="store_true", help="exit 1 if a goal is missed")
     g = p.add_argument_group("step")
@@ -80,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
         help="skip the bfloat16-autocast step row",
     )
     g.add_argument("--matmul-n", type=int, default=2048, help="side of the peak-rate matmul")
+    g = p.add_argument_group("decode")
+    g.add_argument("--decode-repeats", type=int, default=5, help="rounds")
+    g.add_argument("--decode-tokens", type=int, default=64, help="greedy tokens per answer")
     g = p.add_argument_group("loss")
     g.add_argument("--loss-t", type=int, default=4096, help="positions")
     g.add_argument("--loss-v", type=int, default=151_936, help="vocabulary")
@@ -119,6 +129,8 @@ QUICK = {
     "batch_repeats": 1,
     "batches": [1, 4],
     "matmul_n": 1024,
+    "decode_repeats": 2,
+    "decode_tokens": 16,
     "loss_t": 512,
     "loss_repeats": 1,
     "latency_repeats": 2,
@@ -141,12 +153,19 @@ def _machine(options: argparse.Namespace) -> str:
     import torch
 
     threads = options.threads or torch.get_num_threads()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    gpu = ""
+    if options.device.startswith("cuda"):
+        gpu = f"; GPU {torch.cuda.get_device_name(options.device)} ({options.device})"
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"load average {load:.1f} at start; torch {torch.__version__}, {threads} threads; "
-        f"Python {platform.python_version()}"
+        f"load average {_load()} at start; torch {torch.__version__}, {threads} threads; "
+        f"Python {platform.python_version()}{gpu}"
     )
+
+
+def _load() -> str:
+    """The 1-minute load average (the machines are shared; it says how quiet the run was)."""
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}")
     import bench_cluster
+    import bench_decode
     import bench_latency
     import bench_loss
     import bench_proxy
@@ -167,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runners: dict[str, Callable[[Any], list[m.Row]]] = {
         "step": bench_step.run,
+        "decode": bench_decode.run,
         "loss": bench_loss.run,
         "latency": bench_latency.run,
         "proxy": bench_proxy.run,
@@ -176,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = _machine(options)
     started = time.perf_counter()
     rows: list[m.Row] = []
-    for name in ("step", "loss", "service", "cluster"):
+    for name in ("step", "decode", "loss", "service", "cluster"):
         if name in selected:
             rows += runners[name](options)
     # vLLM keeps the CPU busy even when idle: it runs only for the benchmarks that use it.
@@ -187,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows += runners[name](options)
     minutes = (time.perf_counter() - started) / 60
     table = m.format_table(rows)
-    text = f"Machine: {machine}\n\n{table}\nRun took {minutes:.1f} min.\n"
+    text = (
+        f"Machine: {machine}\n\n{table}\n"
+        f"Run took {minutes:.1f} min; load average {_load()} at the end.\n"
+    )
     print(text)
     if options.output:
         options.output.write_text(text)

@@ -64,7 +64,7 @@ def _dtypes(engine: LocalTrainer) -> tuple[set[torch.dtype], set[torch.dtype]]:
 
 
 def test_float32_engine_keeps_every_weight_float32(settings: Settings, sample: DistillSample):
-    engine, v1, _ = _first_update(settings, sample)
+    engine, v1, _ = _first_update(attrs.evolve(settings, autocast=False), sample)
     assert _dtypes(engine) == ({torch.float32}, {torch.float32})
     assert {t.dtype for t in load_file(f"{v1.path}/adapter_model.safetensors").values()} == {
         torch.float32
@@ -98,7 +98,7 @@ def test_autocast_stores_frozen_weights_in_bfloat16_and_trains_float32_lora(
 
     # The same first step in float32 gives the same loss to bfloat16 precision.
     reference_engine, _, reference = _first_update(
-        attrs.evolve(settings, data_dir=Path(settings.data_dir) / "fp32"), sample
+        attrs.evolve(settings, data_dir=Path(settings.data_dir) / "fp32", autocast=False), sample
     )
     reference_engine.close()
     assert metrics["first_distill_loss"] == pytest.approx(
@@ -110,7 +110,7 @@ def test_autocast_stores_frozen_weights_in_bfloat16_and_trains_float32_lora(
 def test_autocast_inference_holds_bfloat16_weights_and_answers_like_float32(
     settings: Settings, sample: DistillSample
 ):
-    fp32 = LocalInference(settings)
+    fp32 = LocalInference(attrs.evolve(settings, autocast=False))
     bf16 = LocalInference(attrs.evolve(settings, autocast=True))
     question = [ChatMessage("user", "What is the capital of France?")]
     greedy = SamplingParams(max_tokens=16, temperature=0)

@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from claas._fast_forward import install_lora_forward
 from claas.errors import StorageError
 from claas.types import AdapterVersion
 
@@ -165,6 +166,7 @@ class LoraSlots:
         else:
             self.model.load_adapter(str(path), adapter_name=name)
         self.model.eval()
+        install_lora_forward(self.model)
         slot = _Slot(name, config)
         self._slots[name] = slot
         return slot

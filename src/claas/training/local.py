@@ -227,6 +227,8 @@ class LocalTrainer:
                 # weights in memory may be half-updated either way.
                 self._invalidate()
                 raise TrainingError(f"the update failed: {exc}") from exc
+            if self._device.startswith("cuda"):
+                torch.cuda.synchronize(self._device)  # the clock stops when the GPU is done
             metrics["step_seconds"] = (time.perf_counter() - started) / config.steps
             names = [n for n, _ in lora_parameters(self._peft, slot)]
             assert self._optimizer is not None
