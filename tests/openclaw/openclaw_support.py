@@ -287,6 +287,15 @@ class Gateway:
             time.sleep(0.5)
         raise AssertionError(f"no reply to {text!r} in {timeout} s:\n{self.log()}")
 
+    def rss_mb(self) -> float:
+        """The gateway process's resident memory now, in MB (Linux ``/proc``)."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kilobytes = next(
+            line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")
+        )
+        return int(kilobytes) / 1024
+
     def stop(self) -> None:
         """SIGTERM the gateway's process group, then SIGKILL what is left."""
         process = self.process

@@ -81,6 +81,7 @@ def gateway(learner: Learner, tmp_path_factory: pytest.TempPathFactory) -> Itera
         try:
             print(f"\ngateway ready in {gateway.start():.1f} s")
             yield gateway
+            print(f"gateway resident memory at the end: {gateway.rss_mb():.0f} MB")
         finally:
             gateway.stop()
     assert gateway.process is not None and gateway.process.poll() is not None
