@@ -119,7 +119,7 @@ def test_feedback_in_the_chat_teaches_the_adapter(gateway: Gateway, learner: Lea
     job = learner.job(match.group(1))
     assert [learner.feedback_event(i).completion_id for i in job.feedback_ids] == [first.id]
     assert job.idempotency_key is not None and job.idempotency_key.startswith("openclaw-")
-    job = learner.wait(job.id, timeout=150)
+    job = learner.wait(job.id, timeout=900)
     assert job.status == "applied", job.error
     print(f"update on the OpenClaw prompt: {job.timings}")
 
