@@ -41,11 +41,13 @@ from claas import (
     LearnerLike,
     RawFeedback,
     Settings,
+    ToolsUnsupported,
     VersionNotFound,
     errors,
 )
 from claas.jobs import FeedbackJob
 from claas.testing import FakeInference, FakeTokenizer, FakeTrainer
+from claas.tools import Tools
 from claas_server import create_app
 
 Q = [{"role": "user", "content": "hello"}]
@@ -95,6 +97,15 @@ def test_both_are_learner_like(fake: Learner, tmp_path: Path) -> None:
     assert isinstance(fake, LearnerLike)  # signatures: claas.learner_like, checked by mypy
     with Client("http://127.0.0.1:9") as client:
         assert isinstance(client, LearnerLike)
+
+
+def test_chat_offers_tools(bot: LearnerLike) -> None:
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    messages = [{"role": "user", "content": "Weather?"}]
+    answer = bot.chat("t/bot", messages, tools=Tools([weather]), max_tokens=4)
+    assert '"name": "get_weather"' in bytes(i for i in answer.prompt_ids if i < 256).decode()
+    with pytest.raises(ToolsUnsupported, match="cannot force a tool call"):
+        bot.chat("t/bot", messages, tools=Tools([weather], choice="required"))
 
 
 # ------------------------------------------------------------------------ adapters

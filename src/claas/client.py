@@ -66,6 +66,7 @@ from claas.jobs.service import result_of
 from claas.learner_like import MessagesLike
 from claas.records import FeedbackEvent
 from claas.results import ChatStream, Score
+from claas.tools import pop_tools
 from claas.types import (
     AdapterSummary,
     AdapterVersion,
@@ -281,12 +282,16 @@ class Client(FollowupCalls):
     ) -> dict[str, Any]:
         if adapter_id is not None and adapter_id != "base":
             split_adapter_id(adapter_id)
-        SamplingParams.from_kwargs(**sampling)  # the core's checks, before sending
+        options = dict(sampling)
+        tools = pop_tools(options)
+        SamplingParams.from_kwargs(**options)  # the core's checks, before sending
         body: dict[str, Any] = {
             "model": adapter_id or "base",
             "messages": wire_messages(messages),
-            **{k: v for k, v in sampling.items() if v is not None},
+            **{k: v for k, v in options.items() if v is not None},
         }
+        if tools is not None:
+            body.update(tools=list(tools.definitions), tool_choice=tools.choice)
         if body.get("top_logprobs"):
             body["logprobs"] = True
         return body
@@ -298,7 +303,8 @@ class Client(FollowupCalls):
             adapter_id: ``namespace/name``, or ``None`` for the base model.
             messages: OpenAI-style ``{"role", "content"}`` dicts or ChatMessages.
             **sampling: ``max_tokens``, ``temperature`` (0 = greedy), ``top_p``,
-                ``top_k``, ``seed``, ``stop``, ``top_logprobs``.
+                ``top_k``, ``seed``, ``stop``, ``top_logprobs``; and ``tools``
+                (:class:`claas.tools.Tools`) to offer the model.
 
         Returns:
             The recorded :class:`~claas.types.Completion`, exact tokens included.

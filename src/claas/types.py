@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 import attrs
 
 from claas.errors import InvalidAdapterId, InvalidConfig, InvalidRequest
+from claas.tools import ToolCall
 
 __all__ = [
     "AdapterVersion",
@@ -382,8 +383,7 @@ class Completion:
             ``((token_id, logprob), ...)`` when requested.
         thinking: Whether it was served with thinking on.
         tool_calls: Tool calls the serving backend parsed from the response
-            (``claas.tools.ToolCall``; shown to the caller, not recorded: their
-            tokens are in ``response_ids``).
+            (shown to the caller, not recorded: their tokens are in ``response_ids``).
     """
 
     id: str
@@ -400,7 +400,8 @@ class Completion:
     created: float = 0.0
     top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
     thinking: bool = False
-    tool_calls: tuple[Any, ...] = attrs.field(default=(), eq=False)
+    # Not part of equality: the records keep the calls' tokens, not the parsed calls.
+    tool_calls: tuple[ToolCall, ...] = attrs.field(default=(), eq=False)
 
     def __attrs_post_init__(self) -> None:
         if len(self.response_ids) != len(self.response_logprobs):

@@ -174,7 +174,7 @@ class Gateway:
         """The gateway's HTTP base URL."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90.0) -> float:
+    def start(self, timeout: float = 300.0) -> float:
         """Start the gateway and wait until it answers; return the seconds it took."""
         started = time.monotonic()
         with self.log_path.open("wb") as log:
@@ -224,7 +224,7 @@ class Gateway:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return text[-tail:]
 
-    def chat(self, user: str, text: str, timeout: float = 120.0) -> dict[str, Any]:
+    def chat(self, user: str, text: str, timeout: float = 600.0) -> dict[str, Any]:
         """One user message through the gateway's OpenAI endpoint (session from ``user``)."""
         response = httpx.post(
             f"{self.url}/v1/chat/completions",
@@ -240,7 +240,7 @@ class Gateway:
         body: dict[str, Any] = response.json()
         return body
 
-    def call(self, method: str, params: Mapping[str, Any], timeout: float = 60.0) -> Any:
+    def call(self, method: str, params: Mapping[str, Any], timeout: float = 180.0) -> Any:
         """``openclaw gateway call <method>`` over the WebSocket, as the CLI does it."""
         command = [
             str(self.install.node),
@@ -272,7 +272,7 @@ class Gateway:
         messages: list[dict[str, Any]] = body.get("messages", [])
         return messages
 
-    def command(self, session_key: str, text: str, timeout: float = 60.0) -> str:
+    def command(self, session_key: str, text: str, timeout: float = 300.0) -> str:
         """Send a slash command with ``chat.send`` and return the gateway's reply to it.
 
         The reply carries the request's ``idempotencyKey``, which is how it is found.
@@ -286,6 +286,15 @@ class Gateway:
                     return message_text(message)
             time.sleep(0.5)
         raise AssertionError(f"no reply to {text!r} in {timeout} s:\n{self.log()}")
+
+    def rss_mb(self) -> float:
+        """The gateway process's resident memory now, in MB (Linux ``/proc``)."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kilobytes = next(
+            line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")
+        )
+        return int(kilobytes) / 1024
 
     def stop(self) -> None:
         """SIGTERM the gateway's process group, then SIGKILL what is left."""

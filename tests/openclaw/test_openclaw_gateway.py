@@ -81,6 +81,7 @@ def gateway(learner: Learner, tmp_path_factory: pytest.TempPathFactory) -> Itera
         try:
             print(f"\ngateway ready in {gateway.start():.1f} s")
             yield gateway
+            print(f"gateway resident memory at the end: {gateway.rss_mb():.0f} MB")
         finally:
             gateway.stop()
     assert gateway.process is not None and gateway.process.poll() is not None
@@ -118,7 +119,7 @@ def test_feedback_in_the_chat_teaches_the_adapter(gateway: Gateway, learner: Lea
     job = learner.job(match.group(1))
     assert [learner.feedback_event(i).completion_id for i in job.feedback_ids] == [first.id]
     assert job.idempotency_key is not None and job.idempotency_key.startswith("openclaw-")
-    job = learner.wait(job.id, timeout=150)
+    job = learner.wait(job.id, timeout=900)
     assert job.status == "applied", job.error
     print(f"update on the OpenClaw prompt: {job.timings}")
 
