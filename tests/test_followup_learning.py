@@ -50,14 +50,15 @@ HELD_OUT = (
 )
 TOO_LONG = "That's too long. One sentence, please."
 NEUTRAL = "Thanks. Next question."
-ANSWER_TOKENS = 64
+ANSWER_TOKENS = 64  # conversation answers: enough to be longer than one sentence
+HELD_OUT_TOKENS = 120  # as the eval harness measures: a lower cap would hide long answers
 
 
 def _held_out_tokens(learner: Learner, adapter: str) -> int:
     """Total tokens of the greedy held-out answers under the live version."""
     answers = [
         learner.chat(
-            adapter, [{"role": "user", "content": q}], max_tokens=ANSWER_TOKENS, temperature=0
+            adapter, [{"role": "user", "content": q}], max_tokens=HELD_OUT_TOKENS, temperature=0
         )
         for q in HELD_OUT
     ]

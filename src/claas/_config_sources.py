@@ -7,6 +7,7 @@ field accepts are :mod:`claas.config`'s.
 from __future__ import annotations
 
 import json
+import string
 import tomllib
 from collections.abc import Mapping, Set
 from pathlib import Path
@@ -14,7 +15,15 @@ from typing import Any
 
 from claas.errors import InvalidConfig
 
-__all__ = ["BOOL_TEXT", "coerce", "error", "parse_api_keys", "read_env", "read_toml"]
+__all__ = [
+    "BOOL_TEXT",
+    "check_template",
+    "coerce",
+    "error",
+    "parse_api_keys",
+    "read_env",
+    "read_toml",
+]
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -106,3 +115,24 @@ def parse_api_keys(value: str) -> dict[str, Any]:
             raise error("server.api_keys", "<hidden>", "use key=namespace1|namespace2,...")
         keys[key.strip()] = tuple(n.strip() for n in namespaces.split("|") if n.strip())
     return keys
+
+
+def check_template(field: str, value: Any) -> None:
+    """Refuse a hindsight template that is not ``None`` or a format string of
+    exactly the fields ``{content}`` and ``{feedback}``.
+
+    Raises:
+        InvalidConfig: Naming ``field``, the value and the rule.
+    """
+    if value is None:
+        return
+    rule = "must be a format string using exactly the fields {content} and {feedback}"
+    if not isinstance(value, str):
+        raise error(field, value, rule)
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        value.format(content="", feedback="")
+    except (ValueError, KeyError, IndexError) as exc:
+        raise error(field, value, f"{rule} ({exc})") from exc
+    if fields != {"content", "feedback"}:
+        raise error(field, value, rule)

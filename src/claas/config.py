@@ -19,7 +19,6 @@ environment variable is ``CLAAS_<FLAT NAME>``, and the TOML file, ``load``,
 from __future__ import annotations
 
 import os
-import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
@@ -27,6 +26,7 @@ from typing import Any, ClassVar, Literal, get_args
 import attrs
 
 from claas import _config_sources as sources
+from claas._config_followups import FOLLOWUP_SKIP_BELOW, FollowupSettings
 from claas.errors import InvalidConfig
 
 __all__ = [
@@ -43,12 +43,6 @@ __all__ = [
 ]
 
 DEFAULT_BASE_MODEL = "bundled:smollm2-135m-instruct"
-# Mean per-token divergence (the SDPO distill loss, no training step) between the
-# teacher shown a follow-up and the teacher shown the neutral reference reply,
-# under which the follow-up teaches nothing. On the bundled model "Thanks. Next
-# question." measured 0.0006 and 0.0012, "That's too long. One sentence,
-# please." 0.0027 and 0.0025 (docs/concepts/followups.md).
-FOLLOWUP_SKIP_BELOW = 0.0018
 BuiltinBackend = Literal["local", "vllm", "tinker", "fake"]
 BuiltinEngine = Literal["local", "tinker", "modal", "fake"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -84,11 +78,6 @@ def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: Any)
 def _positive_number(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
         raise _error(_name(instance, attribute), value, "must be a positive number of seconds")
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise _error(_name(instance, attribute), value, "must be a number >= 0")
 
 
 def _choice(choices: tuple[str, ...]) -> Any:
@@ -166,18 +155,7 @@ def _namespace_tuples(value: Mapping[str, Sequence[str]]) -> Mapping[str, tuple[
 
 
 def _check_template(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    rule = "must be a format string using exactly the fields {content} and {feedback}"
-    if not isinstance(value, str):
-        raise _error(attribute.name, value, rule)
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-        value.format(content="", feedback="")
-    except (ValueError, KeyError, IndexError) as exc:
-        raise _error(attribute.name, value, f"{rule} ({exc})") from exc
-    if fields != {"content", "feedback"}:
-        raise _error(attribute.name, value, rule)
+    sources.check_template(attribute.name, value)
 
 
 def _to_path(value: str | os.PathLike[str]) -> Path:
@@ -282,33 +260,6 @@ class JobSettings:
     max_queued: int = attrs.field(default=1000, validator=_positive_int)
     lease_seconds: float = attrs.field(default=30.0, validator=_positive_number)
     worker: str = attrs.field(default="auto", validator=_choice(("auto", "off", "eager")))
-
-
-@attrs.frozen(kw_only=True)
-class FollowupSettings:
-    """Learning from follow-up messages (``settings.followups``); flat names have no prefix.
-
-    Attributes:
-        learn_from_followups: The ``learn_from_followups`` setting of adapters
-            created without one (each adapter's own setting wins).
-        followup_template: How a follow-up is shown to the teacher, with the
-            fields ``{content}`` and ``{feedback}``; ``None`` uses
-            :data:`claas.teacher.FOLLOWUP_TEMPLATE`.
-        followup_skip_below: A follow-up job whose divergence, measured before
-            training, is below this is ``skipped`` (no new version); 0 trains
-            on every follow-up.
-        followup_reference: The neutral reply the pre-check compares a
-            follow-up with: the divergence is between the teacher shown the
-            follow-up and the teacher shown this text (``""``: the student).
-    """
-
-    section: ClassVar[str] = "followups"
-    flat_prefix: ClassVar[str] = ""
-
-    learn_from_followups: bool = False
-    followup_template: str | None = attrs.field(default=None, validator=_check_template)
-    followup_skip_below: float = attrs.field(default=FOLLOWUP_SKIP_BELOW, validator=_non_negative)
-    followup_reference: str = "OK."
 
 
 @attrs.frozen(kw_only=True)

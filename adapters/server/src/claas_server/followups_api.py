@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 from claas import AdapterSettings
 from claas_server.deps import Caller, State
 from claas_server.errors import ERROR_RESPONSES
-from claas_server.schemas import (
+from claas_server.schemas_followups import (
     AdapterSettingsInfo,
     AdapterSettingsUpdate,
     FollowUpInfo,

@@ -34,7 +34,6 @@ from claas_server.schemas import (
     ChunkDelta,
     CompletionRecord,
     CompletionRequest,
-    FollowUpInfo,
     ModelInfo,
     ModelList,
     TextChoice,
@@ -45,6 +44,7 @@ from claas_server.schemas import (
     TopLogprob,
     Usage,
 )
+from claas_server.schemas_followups import FollowUpInfo
 from claas_server.streaming import PinnedStream, open_stream
 
 __all__ = ["router"]

@@ -24,6 +24,7 @@ from claas.errors import InvalidRequest, ToolsUnsupported
 from claas.jobs.model import JobStatus
 from claas.tools import ToolCall, Tools
 from claas.types import DistillConfig, LoraSpec, Role
+from claas_server.schemas_followups import FollowUpInfo
 
 __all__ = [
     "AdapterCreate",
@@ -606,41 +607,6 @@ class AdapterCreate(_Request):
         default=None,
         description="Learn from the user's follow-up messages (default: the server's setting).",
     )
-
-
-class AdapterSettingsUpdate(_Request):
-    """``PATCH /v1/adapters/{namespace}/{name}``: the settings to change (``null`` keeps one)."""
-
-    learn_from_followups: bool | None = Field(
-        default=None,
-        description="Turn each recognised follow-up into a feedback job on the answer it follows.",
-    )
-
-
-class AdapterSettingsInfo(_Response):
-    """An adapter's settings (``claas.AdapterSettings``)."""
-
-    object: Literal["adapter.settings"] = "adapter.settings"
-    adapter_id: str
-    learn_from_followups: bool
-
-
-class FollowUpInfo(_Response):
-    """A user message that continued a conversation after a served completion."""
-
-    id: str = Field(description="`fu-...`, the same however often the conversation is resent.")
-    object: Literal["claas.followup"] = "claas.followup"
-    completion_id: str = Field(description="The completion it follows.")
-    adapter_id: str
-    text: str = Field(description="The user's next message.")
-    created: float = Field(description="When it was first seen.")
-    job_id: str | None = Field(description="The feedback job it became, if the adapter learns.")
-    error: str | None = Field(description="Why no job was submitted although one was asked for.")
-
-
-class FollowUpList(_Response):
-    object: Literal["list"] = "list"
-    data: list[FollowUpInfo] = Field(description="Newest first.")
 
 
 class AdapterVersionInfo(_Response):
