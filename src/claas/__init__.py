@@ -19,6 +19,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from claas.config import (
+    GuardSettings,
     JobSettings,
     ModalSettings,
     ServerSettings,
@@ -46,6 +47,7 @@ from claas.errors import (
     QueueFull,
     StorageError,
     TrainingError,
+    UpdateRejected,
     VersionNotFound,
 )
 from claas.learner_like import LearnerLike
@@ -88,6 +90,7 @@ __all__ = [
     "DistillResult",
     "Feedback",
     "FeedbackResult",
+    "GuardSettings",
     "IdempotencyConflict",
     "InvalidAdapterId",
     "InvalidConfig",
@@ -112,6 +115,7 @@ __all__ = [
     "StorageError",
     "TinkerSettings",
     "TrainingError",
+    "UpdateRejected",
     "VersionNotFound",
     "VllmSettings",
     "__version__",
