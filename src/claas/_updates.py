@@ -291,7 +291,7 @@ class Updates:
             adapter_id=adapter_id,
             version=version.version,
             parent_version=parent.version,
-            metrics={**result.metrics, **(version.verdict or {}).get("measures", {})},
+            metrics={**result.metrics, **_measured(version)},
             timings=timings,
         )
         if version.rejected:
@@ -363,6 +363,12 @@ class Updates:
         except BackendUnavailable as exc:
             return f"published to the store; serving backend unavailable: {exc}"
         return None
+
+
+def _measured(version: AdapterVersion) -> dict[str, float]:
+    """What the guard measured of the version (its seconds are in the timings)."""
+    measures = (version.verdict or {}).get("measures", {})
+    return {k: float(v) for k, v in measures.items() if k != "guard_seconds"}
 
 
 def _retried(jobs: Sequence[FeedbackJob]) -> bool:

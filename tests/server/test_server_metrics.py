@@ -151,12 +151,12 @@ def test_finished_jobs_feed_outcomes_latency_and_steps() -> None:
 def test_guard_verdicts_are_counted_from_judged_jobs() -> None:
     metrics = Metrics()
     assert value(render(metrics), "claas_guard_verdicts_total", outcome="rejected") == 0
-    judged = {"guard_seconds": 0.2, "guard_probe_score": 1.0}
-    metrics.observe_job(attrs.evolve(finished("applied"), metrics=judged))
-    metrics.observe_job(attrs.evolve(finished("rejected"), metrics=judged))
-    metrics.observe_job(attrs.evolve(finished("rejected"), metrics=judged))
+    judged = {"metrics": {"guard_probe_score": 1.0}, "timings": {"guard_seconds": 0.2}}
+    metrics.observe_job(attrs.evolve(finished("applied"), **judged))
+    metrics.observe_job(attrs.evolve(finished("rejected"), **judged))
+    metrics.observe_job(attrs.evolve(finished("rejected"), **judged))
     metrics.observe_job(finished("applied"))  # guard off: no verdict
-    metrics.observe_job(attrs.evolve(finished("failed"), metrics=judged))  # not judged to the end
+    metrics.observe_job(attrs.evolve(finished("failed"), **judged))  # not judged to the end
     text = render(metrics)
     assert value(text, "claas_guard_verdicts_total", outcome="passed") == 1
     assert value(text, "claas_guard_verdicts_total", outcome="rejected") == 2
