@@ -152,6 +152,36 @@ def test_versions_rollback_and_export(bot: LearnerLike, tmp_path: Path) -> None:
     assert named == tmp_path / "sub" / "live.zip" and named.is_file()
 
 
+def test_the_guard_keeps_a_version_that_loses_an_own_probe_off(
+    bot: LearnerLike, tmp_path: Path
+) -> None:
+    # The fake echoes "[t/bot vN] You said: ..." ("[base]" for the base model, which a
+    # fresh version 0 equals): only the parent passes this probe.
+    probe = {"prompt": "Which version are you?", "expect": ["base"]}
+    assert bot.set_guard_probes("t/bot", [probe]) == [probe]
+    assert bot.guard_probes("t/bot") == [probe]
+    with pytest.raises(InvalidRequest):
+        bot.set_guard_probes("t/bot", [{"prompt": "Q", "expect": []}])
+    with pytest.raises(errors.UpdateRejected, match="Which version are you"):
+        bot.feedback(bot.chat("t/bot", Q).id, "Shorter.")
+    assert bot.current_version("t/bot").version == 0
+    (job,) = bot.jobs("t/bot")
+    assert job.status == "rejected" and job.version == 1 and job.error_code == "update_rejected"
+    rejected = bot.versions("t/bot")[1]
+    assert rejected.rejected and rejected.verdict is not None
+    assert "own probe" in rejected.verdict["reasons"][0]
+    assert bot.chat("t/bot", Q).adapter_version == 0  # never served
+    assert bot.export("t/bot", 1, tmp_path).is_file()  # exportable
+    with pytest.raises(Conflict, match="rejected by the guard"):
+        bot.rollback("t/bot", 1)
+    # The next update starts from the live version, never from the rejected one.
+    bot.set_guard_probes("t/bot", [])
+    assert bot.feedback(bot.chat("t/bot", Q).id, "Shorter.").parent_version == 0
+    forced = bot.force("t/bot", 1)
+    assert forced.version == 1 and bot.current_version("t/bot").version == 1
+    assert forced.verdict is not None and forced.verdict["forced"]
+
+
 # ---------------------------------------------------------------------------- chat
 
 

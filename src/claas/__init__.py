@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from claas.config import (
     FollowupSettings,
+    GuardSettings,
     JobSettings,
     ModalSettings,
     ServerSettings,
@@ -48,6 +49,7 @@ from claas.errors import (
     StorageError,
     ToolsUnsupported,
     TrainingError,
+    UpdateRejected,
     VersionNotFound,
 )
 from claas.followups import AdapterSettings, FollowUp
@@ -94,6 +96,7 @@ __all__ = [
     "FeedbackResult",
     "FollowUp",
     "FollowupSettings",
+    "GuardSettings",
     "IdempotencyConflict",
     "InvalidAdapterId",
     "InvalidConfig",
@@ -119,6 +122,7 @@ __all__ = [
     "TinkerSettings",
     "ToolsUnsupported",
     "TrainingError",
+    "UpdateRejected",
     "VersionNotFound",
     "VllmSettings",
     "__version__",

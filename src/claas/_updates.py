@@ -353,10 +353,7 @@ class Updates:
             adapter_id=adapter_id,
             version=version.version,
             parent_version=parent.version,
-            metrics={
-                **_with_precheck(result.metrics, divergence),
-                **(version.verdict or {}).get("measures", {}),
-            },
+            metrics={**_with_precheck(result.metrics, divergence), **_measured(version)},
             timings=timings,
         )
         if version.rejected:
@@ -439,6 +436,10 @@ class Updates:
 def _with_precheck(metrics: Mapping[str, float], divergence: float | None) -> dict[str, float]:
     found = {} if divergence is None else {"precheck_divergence": divergence}
     return {**metrics, **found}
+def _measured(version: AdapterVersion) -> dict[str, float]:
+    """What the guard measured of the version (its seconds are in the timings)."""
+    measures = (version.verdict or {}).get("measures", {})
+    return {k: float(v) for k, v in measures.items() if k != "guard_seconds"}
 
 
 def _retried(jobs: Sequence[FeedbackJob]) -> bool:

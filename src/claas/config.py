@@ -27,6 +27,7 @@ import attrs
 
 from claas import _config_sources as sources
 from claas._config_followups import FOLLOWUP_SKIP_BELOW, FollowupSettings
+from claas._guard_settings import GuardSettings
 from claas.errors import InvalidConfig
 
 __all__ = [
@@ -48,8 +49,6 @@ BuiltinEngine = Literal["local", "tinker", "modal", "fake"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 DeviceKind = Literal["auto", "cpu", "cuda", "mps"]
 TinkerLoss = Literal["sdpo", "cross_entropy"]
-GuardMode = Literal["off", "probes", "strict"]
-GUARD_MODES: tuple[str, ...] = get_args(GuardMode)
 INFERENCE_BACKENDS: tuple[str, ...] = get_args(BuiltinBackend)
 TRAINING_ENGINES: tuple[str, ...] = get_args(BuiltinEngine)
 DTYPES: tuple[str, ...] = get_args(Dtype)
@@ -284,45 +283,6 @@ class ServerSettings:
     max_request_bytes: int = attrs.field(default=1_000_000, validator=_positive_int)
 
 
-def _fraction(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise _error(_name(instance, attribute), value, "must be a number from 0 to 1")
-
-
-def _positive_nats(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
-        raise _error(_name(instance, attribute), value, "must be a positive number of nats")
-
-
-@attrs.frozen(kw_only=True)
-class GuardSettings:
-    """The check of a candidate version before it goes live (``settings.guard``).
-
-    See :mod:`claas.guard`; flat names are ``guard_mode``, ``guard_max_probe_drop``, ...
-
-    Attributes:
-        mode: ``off`` (publish every finite update), ``probes`` (capability
-            probes, the adapter's own probes and degenerate-answer signals) or
-            ``strict`` (also no probe lost at all, and the drift of the mean
-            logprob of the parent's answers).
-        max_probe_drop: Largest fraction of the probes the parent passed that
-            the candidate may fail (``probes`` mode).
-        max_degenerate: Largest fraction of empty, stub or looping answers.
-        max_drift: Largest drop, in nats per token, of the mean logprob the
-            candidate gives the parent's answers (``strict`` mode).
-        max_tokens: Answer length of each probe (greedy).
-    """
-
-    section: ClassVar[str] = "guard"
-    flat_prefix: ClassVar[str] = "guard_"
-
-    mode: GuardMode = attrs.field(default="probes", validator=_choice(GUARD_MODES))
-    max_probe_drop: float = attrs.field(default=0.25, validator=_fraction)
-    max_degenerate: float = attrs.field(default=0.25, validator=_fraction)
-    max_drift: float = attrs.field(default=1.0, validator=_positive_nats)
-    max_tokens: int = attrs.field(default=12, validator=_positive_int)
-
-
 _SECTION_RECORDS = (
     VllmSettings,
     TinkerSettings,
@@ -366,8 +326,9 @@ class Settings:
         autocast: Compute in bfloat16 with float32 LoRA master weights: the
             frozen linear weights (and the LM head) are held in bfloat16, norms,
             embeddings and every log-softmax stay float32. Off by default until
-            learning under it is shown unchanged (docs/eval.md). ``auto`` turns it on where the device computes bfloat16 matmuls natively (CUDA
-            with bfloat16, x86 CPUs with AVX512-BF16 or AMX) and off elsewhere;
+            learning under it is shown unchanged (docs/eval.md). ``auto`` turns it
+            on where the device computes bfloat16 matmuls natively (CUDA with
+            bfloat16, x86 CPUs with AVX512-BF16 or AMX) and off elsewhere;
             ``True``/``False`` decide (see :mod:`claas.precision`).
         thinking: Enable the thinking mode of reasoning models (Qwen3) for
             student and teacher alike.

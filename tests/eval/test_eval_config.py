@@ -9,6 +9,7 @@ import pytest
 from claas.errors import InvalidAdapterId, InvalidConfig
 from claas.eval import EvalConfig, compose
 from claas.eval.verifiers import MaxLength, Mentions, NoEmoji
+from claas.types import DistillConfig
 
 
 def build(*overrides: str) -> EvalConfig:
@@ -40,7 +41,8 @@ def test_defaults_select_concise_with_the_base_settings() -> None:
     assert [p.name for p in config.preferences] == ["concise"]
     assert config.steps == 16 and config.batch_size == 1 and config.seed == 0
     assert config.engine == "local"
-    assert config.distill.learning_rate == pytest.approx(2e-4)
+    # The eval runs what the library runs by default.
+    assert config.distill.learning_rate == pytest.approx(DistillConfig().learning_rate)
     assert config.measure.temperature == 0.0
     assert config.anchors and set(config.metrics) == {"margin", "capability", "collapse"}
 

@@ -19,7 +19,7 @@ def test_a_fact_matches_the_start_of_a_word_in_any_case() -> None:
 
 
 def test_an_empty_fact_list_is_refused() -> None:
-    with pytest.raises(InvalidConfig, match="KeepsFact.any_of"):
+    with pytest.raises(InvalidConfig, match=r"KeepsFact\.any_of"):
         KeepsFact(any_of=())
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import attrs
+import pytest
 from fastapi.testclient import TestClient
 from metrics_support import families, value
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -62,6 +64,8 @@ def test_families_types_and_labels() -> None:
         "claas_tokens": "counter",
         "claas_jobs_finished": "counter",
         "claas_job_latency_seconds": "histogram",
+        "claas_guard_verdicts": "counter",
+        "claas_guard_seconds": "histogram",
         "claas_feedback_queue_depth": "gauge",
         "claas_records": "gauge",
         "claas_jobs": "gauge",
@@ -75,6 +79,8 @@ def test_families_types_and_labels() -> None:
         "claas_tokens": {"kind"},
         "claas_jobs_finished": {"outcome"},
         "claas_job_latency_seconds": {"le"},
+        "claas_guard_verdicts": {"outcome"},
+        "claas_guard_seconds": {"le"},
         "claas_feedback_queue_depth": set(),
         "claas_records": {"kind"},
         "claas_jobs": {"state"},
@@ -141,6 +147,22 @@ def test_finished_jobs_feed_outcomes_latency_and_steps() -> None:
     assert value(text, "claas_feedback_steps_total", outcome="failed") == 2
     assert value(text, "claas_feedback_items_total") == 3
     assert value(text, "claas_feedback_step_seconds_count") == 3
+
+
+def test_guard_verdicts_are_counted_from_judged_jobs() -> None:
+    metrics = Metrics()
+    assert value(render(metrics), "claas_guard_verdicts_total", outcome="rejected") == 0
+    judged = {"metrics": {"guard_probe_score": 1.0}, "timings": {"guard_seconds": 0.2}}
+    metrics.observe_job(attrs.evolve(finished("applied"), **judged))
+    metrics.observe_job(attrs.evolve(finished("rejected"), **judged))
+    metrics.observe_job(attrs.evolve(finished("rejected"), **judged))
+    metrics.observe_job(finished("applied"))  # guard off: no verdict
+    metrics.observe_job(attrs.evolve(finished("failed"), **judged))  # not judged to the end
+    text = render(metrics)
+    assert value(text, "claas_guard_verdicts_total", outcome="passed") == 1
+    assert value(text, "claas_guard_verdicts_total", outcome="rejected") == 2
+    assert value(text, "claas_guard_seconds_count") == 3
+    assert value(text, "claas_guard_seconds_sum") == pytest.approx(0.6)
 
 
 def test_job_states_are_read_at_each_scrape() -> None:

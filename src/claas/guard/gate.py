@@ -92,6 +92,8 @@ class Gate:
 
     def _key(self, version: AdapterVersion, probes: Sequence[Probe]) -> tuple[Any, ...]:
         prompts = tuple(p.prompt for p in probes)
+        if version.parent is None:  # a fresh adapter answers as the base model does
+            return ("base", version.base_model, prompts, self._max_tokens)
         return (version.adapter_id, version.version, version.path, prompts, self._max_tokens)
 
     @property
@@ -126,13 +128,16 @@ class Gate:
         probes: Sequence[Probe],
     ) -> _Asked:
         thinking = self._settings.thinking
+        # Version 0 equals the base model (the engine's contract), so every new
+        # adapter shares the base model's answers and no slot is loaded for them.
+        adapter = None if version.parent is None else version
         chats = [[ChatMessage(role="user", content=p.prompt)] for p in probes]
         prompts = [tuple(encode_chat(tokenizer, chat, thinking=thinking)) for chat in chats]
         if isinstance(backend, BatchAnswerer):
-            rows = backend.answer_batch(prompts, adapter=version, max_tokens=self._max_tokens)
+            rows = backend.answer_batch(prompts, adapter=adapter, max_tokens=self._max_tokens)
         else:
             greedy = SamplingParams(temperature=0.0, max_tokens=self._max_tokens, seed=0)
-            made = [backend.generate(c, adapter=version, sampling=greedy) for c in chats]
+            made = [backend.generate(c, adapter=adapter, sampling=greedy) for c in chats]
             prompts = [g.prompt_ids for g in made]
             rows = [(list(g.response_ids), list(g.response_logprobs)) for g in made]
         texts = [

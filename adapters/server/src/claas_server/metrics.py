@@ -194,11 +194,11 @@ class Metrics:
 
     def _observe_guard(self, job: FeedbackJob) -> None:
         """Count the guard's verdict on the job's candidate, if the guard judged one."""
-        seconds = job.metrics.get("guard_seconds")
-        if seconds is None or job.status not in _GUARD_OUTCOME:
+        if "guard_probe_score" not in job.metrics or job.status not in _GUARD_OUTCOME:
             return
         self._guard.labels(outcome=_GUARD_OUTCOME[job.status]).inc()
-        if math.isfinite(seconds):
+        seconds = job.timings.get("guard_seconds")
+        if seconds is not None and math.isfinite(seconds):
             self._guard_seconds.observe(seconds)
 
     def observe_tokens(self, prompt: int, completion: int) -> None:
