@@ -436,6 +436,8 @@ class Updates:
 def _with_precheck(metrics: Mapping[str, float], divergence: float | None) -> dict[str, float]:
     found = {} if divergence is None else {"precheck_divergence": divergence}
     return {**metrics, **found}
+
+
 def _measured(version: AdapterVersion) -> dict[str, float]:
     """What the guard measured of the version (its seconds are in the timings)."""
     measures = (version.verdict or {}).get("measures", {})
