@@ -41,6 +41,7 @@ except ImportError as exc:  # the optional extra is not installed
     raise missing_extra("httpx", "client") from exc
 
 from claas._client_followups import FollowupCalls
+from claas._client_guard import GuardCalls
 from claas._client_wire import (
     AUTH_FAILED,
     attachment_name,
@@ -89,7 +90,7 @@ _MAX_POLL = 60.0  # the server's longest long poll (GET /v1/feedback/{id}?wait=)
 _MAX_LIST = 500  # the server's largest page of jobs or events
 
 
-class Client(FollowupCalls):
+class Client(FollowupCalls, GuardCalls):
     """A CLaaS server's use cases as plain calls, like :class:`claas.Learner`'s.
 
     Args:
@@ -232,21 +233,6 @@ class Client(FollowupCalls):
         """Serve an older version again (a version the guard rejected needs ``force``)."""
         path = self._adapter_path(adapter_id, "rollback")
         return version_from(self._json("POST", path, json={"version": version, "force": force}))
-
-    def force(self, adapter_id: str, version: int) -> AdapterVersion:
-        """Publish a version the guard rejected."""
-        return self.rollback(adapter_id, version, force=True)
-
-    def guard_probes(self, adapter_id: str) -> list[dict[str, Any]]:
-        """The adapter's own guard probes, ``{"prompt", "expect"}`` each."""
-        return list(self._json("GET", self._adapter_path(adapter_id, "probes"))["probes"])
-
-    def set_guard_probes(
-        self, adapter_id: str, probes: Sequence[Mapping[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """Replace the adapter's own guard probes (``PUT .../probes``)."""
-        path, body = self._adapter_path(adapter_id, "probes"), {"probes": [*map(dict, probes)]}
-        return list(self._json("PUT", path, json=body)["probes"])
 
     def export(
         self, adapter_id: str, version: int | None = None, dest: str | os.PathLike[str] = "."

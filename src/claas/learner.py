@@ -24,6 +24,7 @@ from claas._chat import completion_of, new_chat_id, score_response, stream_of
 from claas._cluster import follow_published
 from claas._components import Components
 from claas._followups import Followups
+from claas._guard_use_cases import GuardUseCases
 from claas._legacy import replay_events, warn_resume_deprecated
 from claas._scratch import sweep_scratch
 from claas._updates import Updates
@@ -61,7 +62,7 @@ ConfigLike = DistillConfig | Mapping[str, object] | None
 _LORA = LoraSpec()
 
 
-class Learner:
+class Learner(GuardUseCases):
     """Chat, learn from feedback, and manage adapter versions.
 
     Args:
@@ -247,20 +248,6 @@ class Learner:
             self._records.record_rollback(adapter_id, previous, target.version)
         self._updates.publish_quietly(target)
         return target
-
-    def force(self, adapter_id: str, version: int) -> AdapterVersion:
-        """Publish a version the guard rejected (it goes live; its verdict records the force)."""
-        return self.rollback(adapter_id, version, force=True)
-
-    def guard_probes(self, adapter_id: str) -> list[dict[str, Any]]:
-        """The adapter's own guard probes ("must still answer X"), ``{prompt, expect}`` each."""
-        return self._store.guard_probes(validate_adapter_id(adapter_id))
-
-    def set_guard_probes(
-        self, adapter_id: str, probes: Sequence[Mapping[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """Replace the adapter's own guard probes: an answer must contain one of ``expect``."""
-        return self._store.set_guard_probes(validate_adapter_id(adapter_id), probes)
 
     def rollbacks(
         self,
