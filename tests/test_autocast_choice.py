@@ -60,7 +60,7 @@ def test_cpu_flags_decide_auto() -> None:
 def test_explicit_values_win_over_the_hardware() -> None:
     assert not autocast_choice(False, "cpu", cpuinfo=SAPPHIRE_RAPIDS).enabled
     forced = autocast_choice(True, "cpu", cpuinfo=SKYLAKE)
-    assert forced.enabled and forced.reason == "set explicitly"
+    assert forced.enabled and forced.reason == "autocast setting"
 
 
 def test_auto_is_off_on_other_devices() -> None:

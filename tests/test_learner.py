@@ -69,13 +69,19 @@ def test_adapter_files_are_peft_format_with_optimizer_state(learner: Learner) ->
     assert all("slot" not in key for key in weights)
 
 
-def test_teacher_is_the_frozen_base_model(learner: Learner) -> None:
-    """PEFT injects LoRA in place: a teacher forward with the adapter on would make KL to base 0."""
-    learner.init_adapter("alice/kl", rank=8, alpha=16)
-    answer = _answer(learner, "alice/kl", tokens=12)
-    learner.feedback(answer.id, FEEDBACK, config={"learning_rate": 5e-3})
-    again = _answer(learner, "alice/kl", tokens=12, seed=1)
-    result = learner.feedback(again.id, FEEDBACK, config={"learning_rate": 1e-4, "kl_beta": 0.1})
+def test_teacher_is_the_frozen_base_model(settings: Settings) -> None:
+    """PEFT injects LoRA in place: a teacher forward with the adapter on would make KL to base 0.
+
+    The first step's large learning rate is meant to move the adapter far from the
+    base; the guard would rightly keep such a version from going live, so it is off.
+    """
+    with Learner(settings.evolve(guard_mode="off")) as learner:
+        learner.init_adapter("alice/kl", rank=8, alpha=16)
+        answer = _answer(learner, "alice/kl", tokens=12)
+        learner.feedback(answer.id, FEEDBACK, config={"learning_rate": 5e-3})
+        again = _answer(learner, "alice/kl", tokens=12, seed=1)
+        config = {"learning_rate": 1e-4, "kl_beta": 0.1}
+        result = learner.feedback(again.id, FEEDBACK, config=config)
     assert result.metrics["kl_to_base"] > 1e-6
 
 

@@ -333,12 +333,15 @@ class Updates:
         with update_workdir(self._scratch) as work:
             result = self._train(samples, parent, config, work, remote)
             trained = time.time()
-            version, retired = self._save(parent, work, config, feedback_ids, result, fence)
+            retained = self._store.versions(adapter_id)
+            version = self._save(parent, work, config, feedback_ids, result, fence)
         saved = time.time()
         version = self.guarding.judge(parent, version)
         judged = time.time()
         publish_error = None if version.rejected else self._go_live(version)
-        self.engine_forget(retired)
+        # Retention runs when a version goes live, so it is read after the verdict.
+        kept = {v.version for v in self._store.versions(adapter_id)}
+        self.engine_forget([v for v in retained if v.version not in kept])
         done = time.time()
         timings = {
             "queue_seconds": started - accepted,
@@ -382,10 +385,9 @@ class Updates:
         feedback_ids: list[str],
         result: DistillResult,
         fence: Callable[[], None],
-    ) -> tuple[AdapterVersion, list[AdapterVersion]]:
-        """Publish ``work`` as the next version; return it and the versions retention retired."""
+    ) -> AdapterVersion:
+        """Save ``work`` as the next version (live at once when the guard is off)."""
         adapter_id = parent.adapter_id
-        retained = self._store.versions(adapter_id)
 
         def write(out: Path) -> None:
             fence()  # under the store's adapter lock: no other publish of it runs meanwhile
@@ -402,8 +404,7 @@ class Updates:
             live=not self.guarding.enabled,
         )
         self._records.add_version(version)
-        kept = {v.version for v in self._store.versions(adapter_id)}
-        return version, [v for v in retained if v.version not in kept]
+        return version
 
     def _go_live(self, version: AdapterVersion) -> str | None:
         """Tell the engine and the serving backend; return why serving lags, if it does."""

@@ -92,7 +92,7 @@ def autocast_choice(
     """
     if setting is not True and setting is not False:
         return _auto(device, cpuinfo)
-    return AutocastChoice(setting, "set explicitly")
+    return AutocastChoice(setting, "autocast setting")
 
 
 def _auto(device: str, cpuinfo: str | None) -> AutocastChoice:

@@ -44,9 +44,9 @@ def test_demo_json_report(cli: Run, tmp_path: Path) -> None:
     assert plot.read_bytes().startswith(b"\x89PNG")
     # Progress goes to stderr so that stdout is one JSON document.
     assert "step  1: answer" in result.stderr
-    # The header shows the precision the default resolved to on this machine.
+    # The header shows the precision the setting resolved to on this machine.
     shown = " ".join(result.stderr.split())
-    assert f"cpu, {autocast_choice('auto', 'cpu').describe()}" in shown
+    assert f"cpu, {autocast_choice(False, 'cpu').describe()}" in shown
 
 
 @pytest.mark.slow

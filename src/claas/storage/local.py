@@ -208,6 +208,7 @@ class LocalAdapterStore:
             write_verdict(Path(target.path), verdict)
             if go_live:
                 self._write_latest(adapter_dir, target.version)
+                self._prune(adapter_dir, self.keep_versions)  # publish kept the old live one
             return self._load(adapter_id, adapter_dir, version)
 
     def rollback(self, adapter_id: str, version: int, *, force: bool = False) -> AdapterVersion:
