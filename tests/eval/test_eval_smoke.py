@@ -28,6 +28,7 @@ def test_one_real_step(tmp_path: Path, models_dir: Path) -> None:
             # The capability probes are checked below on a few questions only: they are slow.
             "metrics=[margin,collapse]",
             "preference.concise.probes=['Why is the sky blue?','What causes rain?']",
+            "~preference.concise.facts",  # its key facts are for the full probe list
             "preference.concise.pairs=[{prompt: Why is the sky blue?,"
             " preferred: Air scatters blue light., dispreferred: That is a long story.}]",
             "anchors=[{prompt: What is 2 + 2?, response: 2 + 2 is 4.}]",
