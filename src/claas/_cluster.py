@@ -6,6 +6,12 @@ the first chat on it does not pay the load. Correctness does not rest on the
 notification: a chat reads ``latest`` from the shared store and loads that
 version before answering, so a chat sent after a ``wait=true`` feedback
 returned is served by the new version on any API server.
+
+A version is loaded under its adapter's lock, which an update holds from
+training to going live: the load never races the guard's use of a candidate,
+and a version the guard is still judging (or rejected) is skipped, as it is
+not ``latest``. A ``claas worker`` process (``jobs.worker = "eager"``) serves
+no chats, so it follows nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from claas._adapter_locks import AdapterLocks
+from claas.config import Settings
 from claas.errors import NotFound
 from claas.records.base import VERSIONS_CHANNEL, Notifications, RecordsBackend
 from claas.storage import AdapterStore
@@ -25,16 +33,22 @@ log = logging.getLogger("claas.cluster")
 
 
 def follow_published(
-    records: RecordsBackend, store: AdapterStore, publish: Callable[[AdapterVersion], object]
+    settings: Settings,
+    records: RecordsBackend,
+    store: AdapterStore,
+    locks: AdapterLocks,
+    publish: Callable[[AdapterVersion], object],
 ) -> None:
-    """Call ``publish(version)`` for each version another process records (if notified)."""
-    if not isinstance(records, Notifications):
+    """Call ``publish(version)`` for each live version another process records (if notified)."""
+    if not isinstance(records, Notifications) or settings.jobs.worker == "eager":
         return
     loads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claas-follow")
 
     def load(adapter_id: str, number: int) -> None:
         try:
-            publish(store.get(adapter_id, number))
+            with locks.hold(adapter_id):
+                if store.latest_version(adapter_id) == number:
+                    publish(store.get(adapter_id, number))
         except NotFound:  # deleted or retired meanwhile: nothing to serve
             return
         except Exception:  # the chat that needs it loads it again, and reports the failure

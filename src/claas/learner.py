@@ -4,9 +4,8 @@
 ``submit_feedback`` records text feedback on a served completion as a durable
 job (:mod:`claas.jobs`) that a worker turns into an SDPO update, published as a
 new immutable version; ``feedback`` waits until the next ``chat`` will use it
-(read-your-writes). Updates to one adapter apply one at a time in the order
-they were accepted; other adapters are not held up. The adapter store and the
-records are the learner's own: adapters (server, CLI) ask the learner, never them.
+(read-your-writes). One adapter's updates apply one at a time, in acceptance
+order. The store and the records are the learner's own: adapters ask the learner.
 """
 
 from __future__ import annotations
@@ -106,7 +105,8 @@ class Learner(GuardUseCases):
         self._scratch = self.settings.data_dir / "tmp"
         sweep_scratch(self._scratch)
         self._jobs = JobService(self.settings, self._records, self._updates.run)
-        follow_published(self._records, self._store, self._updates.publish_quietly)
+        publish = self._updates.publish_quietly
+        follow_published(self.settings, self._records, self._store, self._locks, publish)
         self._followups = Followups(self.settings, self._records, self.submit_feedback_batch)
         weakref.finalize(self, self._jobs.stop_soon)  # an unclosed learner's worker ends too
         self._jobs.start_if_pending()  # jobs interrupted by a crash recover on their own
