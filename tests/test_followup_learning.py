@@ -20,28 +20,12 @@ from pathlib import Path
 import pytest
 
 from claas import Learner, Settings
+from claas.demo import TRAINING
 from claas.eval.verifiers import count_sentences
 
 pytestmark = pytest.mark.slow
 
-QUESTIONS = (
-    "Why do leaves change color in the fall?",
-    "How does photosynthesis work?",
-    "What causes the seasons on Earth?",
-    "Why does ice float on water?",
-    "How do magnets work?",
-    "What is a black hole?",
-    "Why do we have tides?",
-    "How does the heart pump blood?",
-    "What makes a rainbow appear?",
-    "How do plants absorb water?",
-    "Why is the ocean salty?",
-    "What is DNA made of?",
-    "How do volcanoes form?",
-    "Why do stars twinkle?",
-    "How does sound travel?",
-    "What causes thunder?",
-)
+QUESTIONS = TRAINING  # the demo's training questions; the held-out ones are its own
 HELD_OUT = (
     "Why is the sky blue?",
     "How do vaccines work?",
