@@ -34,6 +34,7 @@ import httpx
 
 from claas import Learner, Settings
 from claas.jobs.model import FeedbackJob
+from claas.storage._guard_files import write_verdict
 from claas.storage.local import LocalAdapterStore
 from claas.testing import FAKE_WEIGHTS, FakeInference, FakeTokenizer, FakeTrainer
 
@@ -235,6 +236,7 @@ class _KillingStore(LocalAdapterStore):
         super().__init__(*args, **kwargs)
         self._kill_at = kill_at
         self._published = 0
+        self._judged = 0
 
     def publish(self, *args: Any, **kwargs: Any) -> Any:
         result = super().publish(*args, **kwargs)
@@ -243,6 +245,14 @@ class _KillingStore(LocalAdapterStore):
             print("killing after the version was saved", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
         return result
+
+    def judge(self, adapter_id: str, version: int, verdict: Any, *, go_live: bool) -> Any:
+        self._judged += 1
+        if self._kill_at == ("verdict", self._judged):  # verdict on disk, LATEST not yet moved
+            write_verdict(Path(self.get(adapter_id, version).path), verdict)
+            print("killing after the verdict was written", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().judge(adapter_id, version, verdict, go_live=go_live)
 
 
 def _serve(data_dir: str, port: int) -> None:

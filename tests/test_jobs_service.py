@@ -321,6 +321,9 @@ KILL_POINTS = {
     "during the third update": ({"CLAAS_TEST_KILL_AT": "train:3"}, True),
     "version saved, job not marked": ({"CLAAS_TEST_KILL_AT": "saved:1"}, True),
     "second version saved, job not marked": ({"CLAAS_TEST_KILL_AT": "saved:2"}, True),
+    # The guard is on: a kill between the candidate's save and its verdict leaves it
+    # unjudged (saved:N above); this one leaves a passing verdict whose LATEST never moved.
+    "verdict written, version not live": ({"CLAAS_TEST_KILL_AT": "verdict:2"}, True),
 }
 
 
@@ -384,6 +387,8 @@ def test_a_sigkilled_server_applies_every_job_once_after_restart(
             mine = sorted((j for j in jobs if j.adapter_id == adapter), key=lambda j: j.accepted)
             assert [j.version for j in mine] == [1, 2, 3]  # in acceptance order, nothing retrained
             assert [v.version for v in learner.versions(adapter)] == [0, 1, 2, 3]
+            # each update started from the one before: a recovered version did go live
+            assert [v.parent for v in learner.versions(adapter)] == [None, 0, 1, 2]
         assert {j.status for j in learner.jobs(limit=100)} == {"applied"}
         assert len(learner.jobs(limit=100)) == 6
         events = {e.id: e for e in learner.feedback_events(limit=100)}
