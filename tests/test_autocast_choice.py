@@ -57,6 +57,13 @@ def test_cpu_flags_decide_auto() -> None:
     assert not off.enabled and off.describe().startswith("float32 (auto:")
 
 
+def test_auto_keeps_cpu_inference_in_float32() -> None:
+    decoding = autocast_choice("auto", "cpu", purpose="inference", cpuinfo=SAPPHIRE_RAPIDS)
+    assert not decoding.enabled and "float32" in decoding.reason
+    forced = autocast_choice(True, "cpu", purpose="inference", cpuinfo=SKYLAKE)
+    assert forced.enabled  # an explicit value applies to inference too
+
+
 def test_explicit_values_win_over_the_hardware() -> None:
     assert not autocast_choice(False, "cpu", cpuinfo=SAPPHIRE_RAPIDS).enabled
     forced = autocast_choice(True, "cpu", cpuinfo=SKYLAKE)

@@ -116,6 +116,25 @@ def test_a_published_version_reuses_its_predecessors_slot(
     inference.close()
 
 
+def test_a_candidate_takes_an_earlier_versions_slot_never_its_parents(
+    world: World, reference: LocalInference
+) -> None:
+    """The guard asks each candidate while its parent stays live: two slots, reused."""
+    inference = _cache(world, 4)
+    live = world.version("t/candidates")
+    inference.publish(live)
+    for _ in range(3):
+        candidate = world.version("t/candidates")  # published in the store, not to inference
+        _assert_serves(world, inference, reference, candidate)
+        assert _peft_adapters(inference) <= 2  # after the first, copied into a slot
+        assert live.ref in {v.ref for v in inference._slots.resident()}
+        _assert_serves(world, inference, reference, live)  # the parent still served as is
+        inference.publish(candidate)  # it passed: it goes live
+        live = candidate
+    assert _peft_adapters(inference) == 2
+    inference.close()
+
+
 def test_a_full_cache_reuses_the_least_recently_used_slot(
     world: World, reference: LocalInference
 ) -> None:

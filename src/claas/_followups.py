@@ -100,6 +100,7 @@ class Followups:
             hindsight="followup",
             skip_below=followups.followup_skip_below,
             skip_reference=followups.followup_reference,
+            steps=followups.followup_steps,
         )
         try:
             job = self._submit(

@@ -6,6 +6,13 @@ backend offers :class:`BatchAnswerer` (the local backend does). The parent's
 answers are remembered per version, so an update pays for its candidate's
 answers only, and a candidate that goes live hands its answers on as the next
 parent's.
+
+A candidate is first asked to *check* its parent's answers (:class:`GreedyChecker`,
+local backend): one forward pass over every probe with the parent's answer appended
+tells, per probe, whether each of those tokens is the candidate's own greedy choice.
+Where all are, the candidate's greedy answer is the parent's, and only the probes
+whose answers changed are decoded token by token. One small update leaves most probe
+answers as they were, so this pass replaces most of the decoding.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from claas.teacher import ChatTokenizer, encode_chat
 from claas.thinking import visible_text
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
 
-__all__ = ["BatchAnswerer", "Gate"]
+__all__ = ["BatchAnswerer", "Gate", "GreedyChecker"]
 
 _CACHED = 64
 
@@ -48,6 +55,20 @@ class BatchAnswerer(Protocol):
         adapter: AdapterVersion | None,
     ) -> list[list[float]]:
         """Logprob of each response token of each (prompt, response) pair."""
+        ...
+
+
+@runtime_checkable
+class GreedyChecker(Protocol):
+    """A backend that checks, in one forward pass, whether answers are its greedy ones."""
+
+    def greedy_agreement(
+        self,
+        pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+        *,
+        adapter: AdapterVersion | None,
+    ) -> list[tuple[list[float], int]]:
+        """Per (prompt, response): the response's logprobs, and how many leading tokens agree."""
         ...
 
 
@@ -79,7 +100,7 @@ class Gate:
         started = time.perf_counter()
         probes = (*GUARD_PROBES, *(user_probe(p) for p in user_probes))
         before = self._asked(backend, tokenizer, parent, probes)
-        after = self._ask(backend, tokenizer, candidate, probes)
+        after = self._ask(backend, tokenizer, candidate, probes, known=before)
         answers = after.answers
         if self._settings.guard.mode == "strict":  # one more forward pass, so only when used
             scored = _score(backend, list(before.tokens), candidate)
@@ -126,7 +147,10 @@ class Gate:
         tokenizer: ChatTokenizer,
         version: AdapterVersion,
         probes: Sequence[Probe],
+        *,
+        known: _Asked | None = None,
     ) -> _Asked:
+        """``version``'s greedy answers; ``known`` (its parent's) are checked before decoding."""
         thinking = self._settings.thinking
         # Version 0 equals the base model (the engine's contract), so every new
         # adapter shares the base model's answers and no slot is loaded for them.
@@ -134,16 +158,25 @@ class Gate:
         chats = [[ChatMessage(role="user", content=p.prompt)] for p in probes]
         prompts = [tuple(encode_chat(tokenizer, chat, thinking=thinking)) for chat in chats]
         if isinstance(backend, BatchAnswerer):
-            rows = backend.answer_batch(prompts, adapter=adapter, max_tokens=self._max_tokens)
+            rows = self._checked(backend, prompts, adapter, known)
+            missing = [i for i, row in enumerate(rows) if row is None]
+            if missing:
+                decoded = backend.answer_batch(
+                    [prompts[i] for i in missing], adapter=adapter, max_tokens=self._max_tokens
+                )
+                for i, row in zip(missing, decoded, strict=True):
+                    rows[i] = row
+            answered = [row for row in rows if row is not None]
         else:
             greedy = SamplingParams(temperature=0.0, max_tokens=self._max_tokens, seed=0)
             made = [backend.generate(c, adapter=adapter, sampling=greedy) for c in chats]
             prompts = [g.prompt_ids for g in made]
-            rows = [(list(g.response_ids), list(g.response_logprobs)) for g in made]
+            answered = [(list(g.response_ids), list(g.response_logprobs)) for g in made]
         texts = [
-            visible_text(str(tokenizer.decode(ids, skip_special_tokens=True))) for ids, _ in rows
+            visible_text(str(tokenizer.decode(ids, skip_special_tokens=True)))
+            for ids, _ in answered
         ]
-        own = [lp for _, logprobs in rows for lp in logprobs]
+        own = [lp for _, logprobs in answered for lp in logprobs]
         answers = Answers(
             prompts=tuple(p.prompt for p in probes),
             kinds=tuple(p.kind for p in probes),
@@ -151,8 +184,35 @@ class Gate:
             passed=tuple(bool(p.check(t)) for p, t in zip(probes, texts, strict=True)),
             anchor_logprob=sum(own) / len(own) if own else None,
         )
-        tokens = tuple((tuple(p), tuple(ids)) for p, (ids, _) in zip(prompts, rows, strict=True))
+        tokens = tuple(
+            (tuple(p), tuple(ids)) for p, (ids, _) in zip(prompts, answered, strict=True)
+        )
         return _Asked(answers=answers, tokens=tokens)
+
+    def _checked(
+        self,
+        backend: Any,
+        prompts: Sequence[tuple[int, ...]],
+        adapter: AdapterVersion | None,
+        known: _Asked | None,
+    ) -> list[tuple[list[int], list[float]] | None]:
+        """The answers that are ``known``'s (its parent's) under ``adapter``; None: decode it.
+
+        A known answer is complete (it ends at an end-of-turn token or at the length
+        limit), so if every one of its tokens is the candidate's greedy choice, greedy
+        decoding would produce exactly it.
+        """
+        unknown: list[tuple[list[int], list[float]] | None] = [None] * len(prompts)
+        if known is None or not isinstance(backend, GreedyChecker):
+            return unknown
+        pairs = [(p, r) for p, r in known.tokens]
+        if [p for p, _ in pairs] != [tuple(p) for p in prompts] or not all(r for _, r in pairs):
+            return unknown
+        checked = backend.greedy_agreement(pairs, adapter=adapter)
+        return [
+            (list(response), logprobs) if agreed == len(response) else None
+            for (_, response), (logprobs, agreed) in zip(pairs, checked, strict=True)
+        ]
 
 
 def _score(

@@ -2,7 +2,10 @@
 
 One left-padded batch decodes every prompt at once (greedy, KV-cached), and one
 right-padded forward pass scores every (prompt, response) pair: a handful of
-short probes then costs about as much as one of them alone.
+short probes then costs about as much as one of them alone. The same pass also
+says how many leading tokens of each response are the model's own greedy choices
+(:func:`greedy_agreement`): where all are, the model's greedy answer is that
+response, found without decoding token by token.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 from claas.inference._decode import _cache_keyword
 from claas.models import autocast_context
 
-__all__ = ["greedy_batch", "score_batch"]
+__all__ = ["greedy_agreement", "greedy_batch", "score_batch"]
 
 
 def greedy_batch(
@@ -79,6 +82,35 @@ def score_batch(
     autocast: bool = False,
 ) -> list[list[float]]:
     """Logprob of each response token given its prompt, for every pair in one forward pass."""
+    rows = _forced(model, pairs, pad_id=pad_id, device=device, autocast=autocast)
+    return [logprobs for logprobs, _ in rows]
+
+
+def greedy_agreement(
+    model: Any,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    pad_id: int,
+    device: str,
+    autocast: bool = False,
+) -> list[tuple[list[float], int]]:
+    """Per pair: its response tokens' logprobs, and how many leading ones are greedy choices.
+
+    A response all of whose tokens agree is what greedy decoding from its prompt
+    yields, up to its length (ties and last-bit differences between a batched forward
+    and token-by-token decoding aside).
+    """
+    return _forced(model, pairs, pad_id=pad_id, device=device, autocast=autocast)
+
+
+def _forced(
+    model: Any,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    pad_id: int,
+    device: str,
+    autocast: bool,
+) -> list[tuple[list[float], int]]:
     sequences = [[*prompt, *response] for prompt, response in pairs]
     width = max(len(s) for s in sequences)
     ids_BL = torch.full((len(pairs), width), pad_id, dtype=torch.long, device=device)
@@ -88,10 +120,12 @@ def score_batch(
         mask_BL[row, : len(sequence)] = 1
     with torch.inference_mode(), autocast_context(device, autocast):
         logits_BLV = model(input_ids=ids_BL, attention_mask=mask_BL).logits
-    scored = []
+    rows = []
     for row, (prompt, response) in enumerate(pairs):
         start, end = len(prompt), len(prompt) + len(response)
         logp_TV = torch.log_softmax(logits_BLV[row, start - 1 : end - 1].float(), dim=-1)
         picked = logp_TV.gather(-1, ids_BL[row, start:end, None])[:, 0]
-        scored.append([float(x) for x in picked])
-    return scored
+        greedy_T = (logp_TV.argmax(dim=-1) == ids_BL[row, start:end]).long()
+        agreed = int(greedy_T.cumprod(dim=0).sum()) if len(response) else 0
+        rows.append(([float(x) for x in picked], agreed))
+    return rows

@@ -3,8 +3,10 @@
 A slot is one PEFT adapter: LoRA layers injected into every target module. Injecting
 them, and remapping the state dict into them, is most of what loading a version costs
 (hundreds of modules, in Python). So a version whose LoRA config equals a free slot's,
-a superseded version's slot's, or (when the cache is full) an evicted slot's is copied
-into that slot's tensors instead; anything else gets a freshly injected slot.
+a superseded version's slot's (a newer version not yet live, such as the guard's
+candidate, takes an earlier version's other than its parent's), or (when the cache is
+full) an evicted slot's is copied into that slot's tensors instead; anything else gets
+a freshly injected slot.
 
 Stale weights cannot be served: a slot's old version is unmapped before the first
 tensor is overwritten, and the new version is mapped only after the last one is. A
@@ -125,11 +127,16 @@ class LoraSlots:
         for slot in compatible:
             if slot.version is None:
                 return slot
-        if supersedes:
-            for slot in compatible:
-                assert slot.version is not None
-                if slot.version.adapter_id == version.adapter_id:
-                    return slot
+        mine = [s for s in compatible if s.version and s.version.adapter_id == version.adapter_id]
+        if supersedes and mine:
+            return mine[0]
+        for slot in mine:
+            # A newer version not live yet (the guard's candidate) takes the slot of an
+            # earlier one that is not its parent: the parent is what is served meanwhile.
+            assert slot.version is not None
+            held = slot.version.version
+            if held < version.version and held != version.parent:
+                return slot
         if compatible and len(self._slots) >= self._capacity:
             return compatible[0]
         return None

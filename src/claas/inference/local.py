@@ -62,7 +62,7 @@ class LocalInference:
         self._tokenizer = tokenizer
         self._lock = threading.RLock()
         self._device = resolve_device(settings.device)
-        self.autocast = autocast_choice(settings.autocast, self._device)
+        self.autocast = autocast_choice(settings.autocast, self._device, purpose="inference")
         self._slots = LoraSlots(self._base, settings.adapter_cache_size, self._device)
 
     @property
@@ -221,6 +221,24 @@ class LocalInference:
 
         with self._using(adapter) as model:
             return score_batch(
+                model,
+                pairs,
+                pad_id=self._pad_id(),
+                device=self._device,
+                autocast=self.autocast.enabled,
+            )
+
+    def greedy_agreement(
+        self,
+        pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+        *,
+        adapter: AdapterVersion | None,
+    ) -> list[tuple[list[float], int]]:
+        """Per pair, in one forward pass: the response's logprobs and its greedy prefix length."""
+        from claas.inference._batch_decode import greedy_agreement
+
+        with self._using(adapter) as model:
+            return greedy_agreement(
                 model,
                 pairs,
                 pad_id=self._pad_id(),
