@@ -325,11 +325,11 @@ class Settings:
         dtype: Weight dtype; ``auto`` is float32 on CPU and bfloat16 on GPU.
         autocast: Compute in bfloat16 with float32 LoRA master weights: the
             frozen linear weights (and the LM head) are held in bfloat16, norms,
-            embeddings and every log-softmax stay float32. Off by default until
-            learning under it is shown unchanged (docs/eval.md). ``auto`` turns it
-            on where the device computes bfloat16 matmuls natively (CUDA with
-            bfloat16, x86 CPUs with AVX512-BF16 or AMX) and off elsewhere;
-            ``True``/``False`` decide (see :mod:`claas.precision`).
+            embeddings and every log-softmax stay float32. ``auto`` (the
+            default) turns it on where the device computes bfloat16 matmuls
+            natively (CUDA with bfloat16, x86 CPUs with AVX512-BF16 or AMX), on
+            a CPU for training only (float32 decodes faster); ``True``/``False``
+            decide for both (:mod:`claas.precision`; learning: docs/eval.md).
         thinking: Enable the thinking mode of reasoning models (Qwen3) for
             student and teacher alike.
         teacher_template: How the feedback is shown to the teacher: a format
@@ -362,7 +362,7 @@ class Settings:
     training_engine: str = attrs.field(default="local", validator=_registered_name)
     device: str = attrs.field(default="auto", validator=_check_device)
     dtype: Dtype = attrs.field(default="auto", validator=_choice(DTYPES))
-    autocast: bool | Literal["auto"] = attrs.field(default=False, converter=_autocast_setting)
+    autocast: bool | Literal["auto"] = attrs.field(default="auto", converter=_autocast_setting)
     thinking: bool = False
     teacher_template: str | None = attrs.field(default=None, validator=_check_template)
     keep_versions: int = attrs.field(default=20, validator=_positive_int)

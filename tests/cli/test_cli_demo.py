@@ -46,7 +46,9 @@ def test_demo_json_report(cli: Run, tmp_path: Path) -> None:
     assert "step  1: answer" in result.stderr
     # The header shows the precision the setting resolved to on this machine.
     shown = " ".join(result.stderr.split())
-    assert f"cpu, {autocast_choice(False, 'cpu').describe()}" in shown
+    training = autocast_choice("auto", "cpu").describe()
+    answering = autocast_choice("auto", "cpu", purpose="inference").describe()
+    assert f"cpu, training {training}, inference {answering}" in shown
 
 
 @pytest.mark.slow

@@ -39,7 +39,9 @@ def demo(
     with state.learner() as learner:
         settings = learner.settings
         device = resolve_device(settings.device)
-        precision = autocast_choice(settings.autocast, device).describe()
+        training = autocast_choice(settings.autocast, device).describe()
+        answering = autocast_choice(settings.autocast, device, purpose="inference").describe()
+        precision = f"training {training}, inference {answering}"
         console.print(
             f"[bold]CLaaS demo[/] on {escape(settings.base_model)}, {device}, "
             f"{escape(precision)} (data: {escape(str(settings.data_dir))})"
