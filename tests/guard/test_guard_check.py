@@ -1,9 +1,9 @@
-"""The guard's batched answers on the real model: as one at a time, and checked first.
+"""The guard's batched answers on the real model: as one at a time, and from drafts.
 
 Batched greedy answers and scores (a shared prompt prefix run once, the LM head
-only where logits are read) must equal one-at-a-time decoding and scoring; checking
-a candidate against its parent's answers must give exactly the answers full greedy
-decoding gives, and decode only the probes whose answers changed.
+only where logits are read) must equal one-at-a-time decoding and scoring; answering
+a candidate from its parent's answers as drafts must give exactly the answers full
+greedy decoding gives, and decode on only the probes whose answers changed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import claas.inference._batch_decode as batch_decode
 from claas import DistillConfig, Learner, Settings
 from claas.guard.gate import Gate
 from claas.guard.probes import GUARD_PROBES
@@ -25,16 +26,18 @@ pytestmark = pytest.mark.slow
 SKY = [{"role": "user", "content": "Why is the sky blue?"}]
 
 
-class CountingInference(LocalInference):
-    """Local inference that counts the prompts it decodes token by token."""
+class DecodeCounter:
+    """Counts the prompts :func:`greedy_batch` decodes token by token."""
 
-    decoded = 0
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.decoded = 0
+        original = batch_decode.greedy_batch
 
-    def answer_batch(
-        self, prompts: Sequence[Sequence[int]], *, adapter: Any, max_tokens: int
-    ) -> list[tuple[list[int], list[float]]]:
-        self.decoded += len(prompts)
-        return super().answer_batch(prompts, adapter=adapter, max_tokens=max_tokens)
+        def counting(model: Any, prompts: Sequence[Sequence[int]], **kwargs: Any) -> Any:
+            self.decoded += len(prompts)
+            return original(model, prompts, **kwargs)
+
+        monkeypatch.setattr(batch_decode, "greedy_batch", counting)
 
 
 def test_batched_answers_and_scores_are_the_one_at_a_time_ones(settings: Settings) -> None:
@@ -52,16 +55,23 @@ def test_batched_answers_and_scores_are_the_one_at_a_time_ones(settings: Setting
     scored = inference.score_batch(pairs, adapter=None)
     for (prompt, ids), row in zip(pairs, scored, strict=True):
         assert row == pytest.approx(inference.score(prompt, ids, adapter=None), abs=2e-3)
-    agreed = inference.greedy_agreement(pairs, adapter=None)
-    assert [n for _, n in agreed] == [len(ids) for _, ids in pairs]  # its own greedy answers
+    # Its own answers as drafts are kept as they are; empty drafts are decoded in full.
+    drafts = [ids for _, ids in pairs]
+    assert inference.answer_batch_from_drafts(prompts, drafts, adapter=None, max_tokens=12) == [
+        (ids, pytest.approx(lps, abs=2e-3)) for ids, lps in batched
+    ]
+    empty = inference.answer_batch_from_drafts(
+        prompts, [[]] * len(prompts), adapter=None, max_tokens=12
+    )
+    assert [ids for ids, _ in empty] == drafts
     inference.close()
 
 
-def test_checked_answers_are_the_decoded_ones_and_unchanged_ones_are_not_decoded(
-    settings: Settings,
+def test_answers_from_drafts_are_the_decoded_ones_and_kept_drafts_are_not_decoded(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = settings.evolve(guard_mode="off")
-    inference = CountingInference(settings)
+    inference = LocalInference(settings)
     with Learner(settings, inference=inference) as learner:
         learner.init_adapter("guard/check")
         answer = learner.chat("guard/check", SKY, temperature=0.7, max_tokens=48, seed=0)
@@ -73,20 +83,21 @@ def test_checked_answers_are_the_decoded_ones_and_unchanged_ones_are_not_decoded
         tokenizer = learner.tokenizer
         gate = Gate(settings)
         known = gate._ask(inference, tokenizer, parent, GUARD_PROBES)
-        inference.decoded = 0
-        checked = gate._ask(inference, tokenizer, candidate, GUARD_PROBES, known=known)
-        decoded_when_checked = inference.decoded
+        counter = DecodeCounter(monkeypatch)
+        drafted = gate._ask(inference, tokenizer, candidate, GUARD_PROBES, known=known)
+        decoded_from_drafts = counter.decoded
         full = gate._ask(inference, tokenizer, candidate, GUARD_PROBES)
-        assert checked.answers.texts == full.answers.texts
-        assert checked.tokens == full.tokens
-        assert checked.answers.anchor_logprob == pytest.approx(
-            full.answers.anchor_logprob, abs=1e-3
+        assert drafted.answers.texts == full.answers.texts
+        assert drafted.tokens == full.tokens
+        assert drafted.answers.anchor_logprob == pytest.approx(
+            full.answers.anchor_logprob, abs=2e-3
         )
         changed = sum(a != b for a, b in zip(known.tokens, full.tokens, strict=True))
         print(f"{changed} of {len(GUARD_PROBES)} probe answers changed")
-        assert decoded_when_checked == changed, (decoded_when_checked, changed)
-        # Asked again with its own answers known, nothing is decoded.
-        inference.decoded = 0
+        assert 0 < changed < len(GUARD_PROBES)  # both paths were taken
+        assert decoded_from_drafts <= changed, (decoded_from_drafts, changed)
+        # Asked again with its own answers as drafts, nothing is decoded.
+        counter.decoded = 0
         again = gate._ask(inference, tokenizer, candidate, GUARD_PROBES, known=full)
-        assert inference.decoded == 0
-        assert again.answers.texts == full.answers.texts
+        assert counter.decoded == 0
+        assert again.tokens == full.tokens

@@ -7,12 +7,13 @@ answers are remembered per version, so an update pays for its candidate's
 answers only, and a candidate that goes live hands its answers on as the next
 parent's.
 
-A candidate is first asked to *check* its parent's answers (:class:`GreedyChecker`,
-local backend): one forward pass over every probe with the parent's answer appended
-tells, per probe, whether each of those tokens is the candidate's own greedy choice.
-Where all are, the candidate's greedy answer is the parent's, and only the probes
-whose answers changed are decoded token by token. One small update leaves most probe
-answers as they were, so this pass replaces most of the decoding.
+A candidate's answers start from its parent's (:class:`DraftAnswerer`, local
+backend): one forward pass over every probe with the parent's answer appended tells,
+per probe, how many of those tokens are the candidate's own greedy choices and which
+token it picks where it departs. Where the parent's answer holds to its end, it is
+the candidate's; elsewhere decoding goes on from the first token that differs. One
+small update leaves most probe answers as they were, or changes their ends, so this
+replaces most of the decoding.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from claas.teacher import ChatTokenizer, encode_chat
 from claas.thinking import visible_text
 from claas.types import AdapterVersion, ChatMessage, SamplingParams
 
-__all__ = ["BatchAnswerer", "Gate", "GreedyChecker"]
+__all__ = ["BatchAnswerer", "DraftAnswerer", "Gate"]
 
 _CACHED = 64
 
@@ -59,16 +60,18 @@ class BatchAnswerer(Protocol):
 
 
 @runtime_checkable
-class GreedyChecker(Protocol):
-    """A backend that checks, in one forward pass, whether answers are its greedy ones."""
+class DraftAnswerer(Protocol):
+    """A backend that answers greedily from known draft answers (see the module docstring)."""
 
-    def greedy_agreement(
+    def answer_batch_from_drafts(
         self,
-        pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+        prompts: Sequence[Sequence[int]],
+        drafts: Sequence[Sequence[int]],
         *,
         adapter: AdapterVersion | None,
-    ) -> list[tuple[list[float], int]]:
-        """Per (prompt, response): the response's logprobs, and how many leading tokens agree."""
+        max_tokens: int,
+    ) -> list[tuple[list[int], list[float]]]:
+        """Greedy answers (token ids and logprobs) per prompt, each checked against its draft."""
         ...
 
 
@@ -150,23 +153,20 @@ class Gate:
         *,
         known: _Asked | None = None,
     ) -> _Asked:
-        """``version``'s greedy answers; ``known`` (its parent's) are checked before decoding."""
+        """``version``'s greedy answers; ``known`` (its parent's) are the drafts, if given."""
         thinking = self._settings.thinking
         # Version 0 equals the base model (the engine's contract), so every new
         # adapter shares the base model's answers and no slot is loaded for them.
         adapter = None if version.parent is None else version
         chats = [[ChatMessage(role="user", content=p.prompt)] for p in probes]
         prompts = [tuple(encode_chat(tokenizer, chat, thinking=thinking)) for chat in chats]
-        if isinstance(backend, BatchAnswerer):
-            rows = self._checked(backend, prompts, adapter, known)
-            missing = [i for i, row in enumerate(rows) if row is None]
-            if missing:
-                decoded = backend.answer_batch(
-                    [prompts[i] for i in missing], adapter=adapter, max_tokens=self._max_tokens
-                )
-                for i, row in zip(missing, decoded, strict=True):
-                    rows[i] = row
-            answered = [row for row in rows if row is not None]
+        drafts = _drafts(known, prompts)
+        if drafts is not None and isinstance(backend, DraftAnswerer):
+            answered = backend.answer_batch_from_drafts(
+                prompts, drafts, adapter=adapter, max_tokens=self._max_tokens
+            )
+        elif isinstance(backend, BatchAnswerer):
+            answered = backend.answer_batch(prompts, adapter=adapter, max_tokens=self._max_tokens)
         else:
             greedy = SamplingParams(temperature=0.0, max_tokens=self._max_tokens, seed=0)
             made = [backend.generate(c, adapter=adapter, sampling=greedy) for c in chats]
@@ -189,30 +189,14 @@ class Gate:
         )
         return _Asked(answers=answers, tokens=tokens)
 
-    def _checked(
-        self,
-        backend: Any,
-        prompts: Sequence[tuple[int, ...]],
-        adapter: AdapterVersion | None,
-        known: _Asked | None,
-    ) -> list[tuple[list[int], list[float]] | None]:
-        """The answers that are ``known``'s (its parent's) under ``adapter``; None: decode it.
 
-        A known answer is complete (it ends at an end-of-turn token or at the length
-        limit), so if every one of its tokens is the candidate's greedy choice, greedy
-        decoding would produce exactly it.
-        """
-        unknown: list[tuple[list[int], list[float]] | None] = [None] * len(prompts)
-        if known is None or not isinstance(backend, GreedyChecker):
-            return unknown
-        pairs = [(p, r) for p, r in known.tokens]
-        if [p for p, _ in pairs] != [tuple(p) for p in prompts] or not all(r for _, r in pairs):
-            return unknown
-        checked = backend.greedy_agreement(pairs, adapter=adapter)
-        return [
-            (list(response), logprobs) if agreed == len(response) else None
-            for (_, response), (logprobs, agreed) in zip(pairs, checked, strict=True)
-        ]
+def _drafts(
+    known: _Asked | None, prompts: Sequence[tuple[int, ...]]
+) -> list[tuple[int, ...]] | None:
+    """The parent's answers as drafts, when they answered these very prompts."""
+    if known is None or [p for p, _ in known.tokens] != list(prompts):
+        return None
+    return [response for _, response in known.tokens]
 
 
 def _score(

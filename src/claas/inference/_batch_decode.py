@@ -2,10 +2,14 @@
 
 One left-padded batch decodes every prompt at once (greedy, KV-cached), and one
 right-padded forward pass scores every (prompt, response) pair: a handful of
-short probes then costs about as much as one of them alone. The same pass also
-says how many leading tokens of each response are the model's own greedy choices
-(:func:`greedy_agreement`): where all are, the model's greedy answer is that
-response, found without decoding token by token.
+short probes then costs about as much as one of them alone.
+
+:func:`greedy_from_drafts` answers prompts of which a draft answer is known (the
+guard's candidate, with its parent's answers): one scoring pass over every prompt
+with its draft says how many leading draft tokens are the model's own greedy
+choices, and gives the model's own token where it first departs from the draft.
+A row whose draft holds up to its end-of-turn token (or the length limit) is
+answered without decoding; the others are decoded on from that point only.
 
 Short prompts of one chat template share most of their tokens (the system prompt
 and the turn markers: 24 of about 37 for the guard's probes on SmolLM2), so that
@@ -18,12 +22,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import torch
 
 from claas.inference._decode import _cache_keyword
 from claas.models import autocast_context
 
-__all__ = ["greedy_agreement", "greedy_batch", "score_batch"]
+__all__ = ["greedy_batch", "greedy_from_drafts", "score_batch"]
 
 
 _MIN_SHARED = 8  # a shorter shared prefix is not worth a separate forward pass
@@ -93,24 +98,63 @@ def score_batch(
 ) -> list[list[float]]:
     """Logprob of each response token given its prompt, for every pair in one forward pass."""
     rows = _forced(model, pairs, pad_id=pad_id, device=device, autocast=autocast)
-    return [logprobs for logprobs, _ in rows]
+    return [row.logprobs for row in rows]
 
 
-def greedy_agreement(
+def greedy_from_drafts(
     model: Any,
-    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    prompts: Sequence[Sequence[int]],
+    drafts: Sequence[Sequence[int]],
     *,
+    max_tokens: int,
+    eos_ids: frozenset[int],
     pad_id: int,
     device: str,
     autocast: bool = False,
-) -> list[tuple[list[float], int]]:
-    """Per pair: its response tokens' logprobs, and how many leading ones are greedy choices.
+) -> tuple[list[tuple[list[int], list[float]]], int]:
+    """Greedy answers, as :func:`greedy_batch` gives them, checking each draft first.
 
-    A response all of whose tokens agree is what greedy decoding from its prompt
-    yields, up to its length (ties and last-bit differences between a batched forward
-    and token-by-token decoding aside).
+    Returns the answers and how many of them had to be decoded on past the check.
+    Equal to decoding from scratch but for exact ties and last-bit differences
+    between one batched forward pass and token-by-token decoding.
     """
-    return _forced(model, pairs, pad_id=pad_id, device=device, autocast=autocast)
+    pairs = [(p, d[:max_tokens]) for p, d in zip(prompts, drafts, strict=True)]
+    checked = _forced(model, pairs, pad_id=pad_id, device=device, autocast=autocast)
+    answers: list[tuple[list[int], list[float]]] = []
+    pending: list[int] = []
+    for row, ((_, draft), found) in enumerate(zip(pairs, checked, strict=True)):
+        ids, logprobs = list(draft[: found.agreed]), found.logprobs[: found.agreed]
+        if found.own is not None:  # where the model departs from the draft
+            ids.append(found.own[0])
+            logprobs.append(found.own[1])
+        answers.append((ids, logprobs))
+        if not ids or (ids[-1] not in eos_ids and len(ids) < max_tokens):
+            pending.append(row)
+    if pending:
+        budget = max_tokens - min(len(answers[row][0]) for row in pending)
+        more = greedy_batch(
+            model,
+            [[*prompts[row], *answers[row][0]] for row in pending],
+            max_tokens=budget,
+            eos_ids=eos_ids,
+            pad_id=pad_id,
+            device=device,
+            autocast=autocast,
+        )
+        for row, (ids, logprobs) in zip(pending, more, strict=True):
+            room = max_tokens - len(answers[row][0])  # a row's own budget; greedy rows are
+            answers[row][0].extend(ids[:room])  # independent, so cutting one is stopping it
+            answers[row][1].extend(logprobs[:room])
+    return answers, len(pending)
+
+
+@attrs.frozen
+class _Forced:
+    """One (prompt, response) pair scored: logprobs, greedy prefix, the model's own token."""
+
+    logprobs: list[float]
+    agreed: int  # leading response tokens that are the model's greedy choices
+    own: tuple[int, float] | None  # its greedy token (and logprob) where it first departs
 
 
 def _forced(
@@ -120,7 +164,7 @@ def _forced(
     pad_id: int,
     device: str,
     autocast: bool,
-) -> list[tuple[list[float], int]]:
+) -> list[_Forced]:
     prompts = [p for p, _ in pairs]
     with torch.inference_mode(), autocast_context(device, autocast):
         cache, shared = _prefix_cache(model, prompts, keep_last=1, device=device)
@@ -149,9 +193,12 @@ def _forced(
         logp_TV = torch.log_softmax(out.logits[row, start : start + len(response)].float(), dim=-1)
         ids_T = torch.tensor(list(response), dtype=torch.long, device=device)
         picked = logp_TV.gather(-1, ids_T[:, None])[:, 0]
-        greedy_T = (logp_TV.argmax(dim=-1) == ids_T).long()
-        agreed = int(greedy_T.cumprod(dim=0).sum()) if len(response) else 0
-        rows.append(([float(x) for x in picked], agreed))
+        best_T, greedy_T = logp_TV.max(dim=-1)
+        agreed = int((greedy_T == ids_T).long().cumprod(dim=0).sum()) if len(response) else 0
+        own = None
+        if agreed < len(response):
+            own = (int(greedy_T[agreed]), float(best_T[agreed]))
+        rows.append(_Forced(logprobs=[float(x) for x in picked], agreed=agreed, own=own))
     return rows
 
 

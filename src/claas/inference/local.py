@@ -228,23 +228,35 @@ class LocalInference:
                 autocast=self.autocast.enabled,
             )
 
-    def greedy_agreement(
+    def answer_batch_from_drafts(
         self,
-        pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+        prompts: Sequence[Sequence[int]],
+        drafts: Sequence[Sequence[int]],
         *,
         adapter: AdapterVersion | None,
-    ) -> list[tuple[list[float], int]]:
-        """Per pair, in one forward pass: the response's logprobs and its greedy prefix length."""
-        from claas.inference._batch_decode import greedy_agreement
+        max_tokens: int,
+    ) -> list[tuple[list[int], list[float]]]:
+        """:meth:`answer_batch`, checking a draft answer per prompt before decoding.
 
+        Where a draft is the adapter's own greedy answer it is taken after one
+        scoring pass; elsewhere decoding goes on from the first token that differs.
+        """
+        from claas.inference._batch_decode import greedy_from_drafts
+        from claas.inference._decode import eos_token_ids
+
+        eos_ids = eos_token_ids(self.tokenizer, self._base())
         with self._using(adapter) as model:
-            return greedy_agreement(
+            answers, _ = greedy_from_drafts(
                 model,
-                pairs,
+                prompts,
+                drafts,
+                max_tokens=max_tokens,
+                eos_ids=eos_ids,
                 pad_id=self._pad_id(),
                 device=self._device,
                 autocast=self.autocast.enabled,
             )
+        return answers
 
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
