@@ -19,8 +19,8 @@ FOLLOWUP_SKIP_BELOW = 0.0018
 # Two optimizer steps on a follow-up's answer: a reply teaches less per update than
 # explicit feedback (its template asks less), and with one step the simulated user of
 # tests/test_followup_learning.py shortened held-out answers to 0.41-0.56 of their
-# length in six runs, with two to 0.20 and 0.36. Neutral follow-ups are skipped before
-# any step, so they do not train twice as hard.
+# length in five runs, with two to 0.20 and 0.36 (docs/eval.md). Neutral follow-ups
+# are skipped before any step, so they do not train twice as hard.
 FOLLOWUP_STEPS = 2
 
 
