@@ -38,7 +38,7 @@ from typing import Any
 import _measure as m
 from _servers import vllm_for
 
-BENCHMARKS = ("step", "decode", "loss", "latency", "proxy", "service", "cluster")
+BENCHMARKS = ("step", "decode", "loss", "guard", "latency", "proxy", "service", "cluster")
 
 
 def _ints(text: str) -> list[int]:
@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("CLAAS_BENCH_TRL_PYTHON"),
         help="interpreter with trl installed (default: this one, if it has trl)",
     )
+    g = p.add_argument_group("guard")
+    g.add_argument("--guard-steps", type=int, default=8, help="updates (the first is apart)")
     g = p.add_argument_group("latency and proxy")
     g.add_argument(
         "--vllm-url",
@@ -139,6 +141,7 @@ QUICK = {
     "service_submits": 8,
     "cluster_rounds": 5,
     "cluster_jobs": 4,
+    "guard_steps": 3,
 }
 
 
@@ -179,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {BENCHMARKS}")
     import bench_cluster
     import bench_decode
+    import bench_guard
     import bench_latency
     import bench_loss
     import bench_proxy
@@ -189,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "step": bench_step.run,
         "decode": bench_decode.run,
         "loss": bench_loss.run,
+        "guard": bench_guard.run,
         "latency": bench_latency.run,
         "proxy": bench_proxy.run,
         "service": bench_service.run,
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = _machine(options)
     started = time.perf_counter()
     rows: list[m.Row] = []
-    for name in ("step", "decode", "loss", "service", "cluster"):
+    for name in ("step", "decode", "loss", "guard", "service", "cluster"):
         if name in selected:
             rows += runners[name](options)
     # vLLM keeps the CPU busy even when idle: it runs only for the benchmarks that use it.
