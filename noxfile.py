@@ -111,7 +111,9 @@ def bench(session: nox.Session) -> None:
     install_runtime(session)
     session.install("trl==1.16.0", TORCH)
     env = {"TRL_EXPERIMENTAL_SILENCE": "1"}
-    names = {"step", "loss", "latency", "proxy"} & set(session.posargs)
+    names = {"step", "decode", "loss", "guard", "latency", "proxy", "service", "cluster"} & set(
+        session.posargs
+    )
     if not names or {"latency", "proxy"} & names:
         env["CLAAS_TEST_VLLM_PYTHON"] = vllm_server_python(session)
     session.run("python", "benchmarks/run.py", *session.posargs, env=env)
