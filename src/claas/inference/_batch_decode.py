@@ -52,16 +52,10 @@ def greedy_batch(
     logprobs: list[list[float]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     with torch.inference_mode(), autocast_context(device, autocast):
-        cache, shared = _prefix_cache(model, prompts, keep_last=1, device=device)
+        cache, shared = _prefix_cache(model, prompts, device=device)
         # The rest of each prompt is left-padded, so every row's next token is last.
         rest = [p[shared:] for p in prompts]
-        width = max(len(r) for r in rest)
-        ids_BL = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
-        mask_BL = torch.zeros((len(prompts), shared + width), dtype=torch.long, device=device)
-        mask_BL[:, :shared] = 1
-        for row, part in enumerate(rest):
-            ids_BL[row, width - len(part) :] = torch.tensor(list(part), device=device)
-            mask_BL[row, shared + width - len(part) :] = 1
+        ids_BL, mask_BL = _padded(rest, shared, pad_id=pad_id, device=device, left=True)
         positions_BL = (mask_BL.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         inputs = ids_BL
         for _ in range(max_tokens):
@@ -111,10 +105,9 @@ def greedy_from_drafts(
     pad_id: int,
     device: str,
     autocast: bool = False,
-) -> tuple[list[tuple[list[int], list[float]]], int]:
+) -> list[tuple[list[int], list[float]]]:
     """Greedy answers, as :func:`greedy_batch` gives them, checking each draft first.
 
-    Returns the answers and how many of them had to be decoded on past the check.
     Equal to decoding from scratch but for exact ties and last-bit differences
     between one batched forward pass and token-by-token decoding.
     """
@@ -145,7 +138,7 @@ def greedy_from_drafts(
             room = max_tokens - len(answers[row][0])  # a row's own budget; greedy rows are
             answers[row][0].extend(ids[:room])  # independent, so cutting one is stopping it
             answers[row][1].extend(logprobs[:room])
-    return answers, len(pending)
+    return answers
 
 
 @attrs.frozen
@@ -167,15 +160,10 @@ def _forced(
 ) -> list[_Forced]:
     prompts = [p for p, _ in pairs]
     with torch.inference_mode(), autocast_context(device, autocast):
-        cache, shared = _prefix_cache(model, prompts, keep_last=1, device=device)
+        cache, shared = _prefix_cache(model, prompts, device=device)
         rest = [[*p[shared:], *r] for p, r in pairs]  # right-padded: positions run on
-        width = max(len(r) for r in rest)
-        ids_BL = torch.full((len(pairs), width), pad_id, dtype=torch.long, device=device)
-        mask_BL = torch.zeros((len(pairs), shared + width), dtype=torch.long, device=device)
-        mask_BL[:, :shared] = 1
-        for row, part in enumerate(rest):
-            ids_BL[row, : len(part)] = torch.tensor(part, device=device)
-            mask_BL[row, shared : shared + len(part)] = 1
+        ids_BL, mask_BL = _padded(rest, shared, pad_id=pad_id, device=device, left=False)
+        width = ids_BL.shape[1]
         # Logits are read from the last prompt token on; the head runs on that span only.
         first = min(len(p) - shared for p in prompts) - 1
         last = max(len(part) for part in rest) - 1
@@ -202,20 +190,39 @@ def _forced(
     return rows
 
 
+def _padded(
+    parts: Sequence[Sequence[int]], shared: int, *, pad_id: int, device: str, left: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``parts`` padded into ``[B, L]`` ids, and their ``[B, shared + L]`` attention mask.
+
+    The mask also covers the ``shared`` cached prefix positions before them.
+    """
+    width = max(len(part) for part in parts)
+    ids_BL = torch.full((len(parts), width), pad_id, dtype=torch.long, device=device)
+    mask_BL = torch.zeros((len(parts), shared + width), dtype=torch.long, device=device)
+    mask_BL[:, :shared] = 1
+    for row, part in enumerate(parts):
+        start = width - len(part) if left else 0
+        ids_BL[row, start : start + len(part)] = torch.tensor(list(part), device=device)
+        mask_BL[row, shared + start : shared + start + len(part)] = 1
+    return ids_BL, mask_BL
+
+
 def _prefix_cache(
-    model: Any, prompts: Sequence[Sequence[int]], *, keep_last: int, device: str
+    model: Any, prompts: Sequence[Sequence[int]], *, device: str
 ) -> tuple[dict[str, Any], int]:
     """The KV cache of the prompts' shared prefix, repeated per row, and its length.
 
-    The prefix stops ``keep_last`` tokens before the shortest prompt ends, so every
-    row still runs its last prompt token. Returns an empty cache (and 0) when the
-    shared part is too short to be worth its own pass.
+    The prefix stops one token before the shortest prompt ends, so every row still
+    runs its last prompt token (whose logits predict the first answer token).
+    Returns an empty cache (and 0) when the shared part is too short to be worth
+    its own pass.
     """
     from transformers.cache_utils import DynamicCache
 
     cache = DynamicCache()
     keyword = {_cache_keyword(model): cache}
-    limit = min(len(p) for p in prompts) - keep_last
+    limit = min(len(p) for p in prompts) - 1
     shared = 0
     while shared < limit and all(p[shared] == prompts[0][shared] for p in prompts):
         shared += 1

@@ -127,15 +127,15 @@ class LoraSlots:
         for slot in compatible:
             if slot.version is None:
                 return slot
-        mine = [s for s in compatible if s.version and s.version.adapter_id == version.adapter_id]
-        if supersedes and mine:
-            return mine[0]
-        for slot in mine:
-            # A newer version not live yet (the guard's candidate) takes the slot of an
-            # earlier one that is not its parent: the parent is what is served meanwhile.
-            assert slot.version is not None
-            held = slot.version.version
-            if held < version.version and held != version.parent:
+        for slot in compatible:
+            held = slot.version
+            assert held is not None  # free slots were taken above
+            if held.adapter_id != version.adapter_id:
+                continue
+            # A published version may take any earlier one's slot; a newer version not
+            # live yet (the guard's candidate) only one that is not its parent, which is
+            # what is served meanwhile.
+            if supersedes or (held.version < version.version and held.version != version.parent):
                 return slot
         if compatible and len(self._slots) >= self._capacity:
             return compatible[0]

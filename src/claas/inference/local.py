@@ -246,7 +246,7 @@ class LocalInference:
 
         eos_ids = eos_token_ids(self.tokenizer, self._base())
         with self._using(adapter) as model:
-            answers, _ = greedy_from_drafts(
+            return greedy_from_drafts(
                 model,
                 prompts,
                 drafts,
@@ -256,7 +256,6 @@ class LocalInference:
                 device=self._device,
                 autocast=self.autocast.enabled,
             )
-        return answers
 
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
