@@ -8,7 +8,6 @@ greedy decoding gives, and decode on only the probes whose answers changed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -27,17 +26,17 @@ SKY = [{"role": "user", "content": "Why is the sky blue?"}]
 
 
 class DecodeCounter:
-    """Counts the prompts :func:`greedy_batch` decodes token by token."""
+    """Counts the rows decoded token by token (from scratch or after their drafts)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.decoded = 0
-        original = batch_decode.greedy_batch
+        original = batch_decode._decode_on
 
-        def counting(model: Any, prompts: Sequence[Sequence[int]], **kwargs: Any) -> Any:
-            self.decoded += len(prompts)
-            return original(model, prompts, **kwargs)
+        def counting(*args: Any) -> Any:
+            self.decoded += len(args[5])  # one budget per row
+            return original(*args)
 
-        monkeypatch.setattr(batch_decode, "greedy_batch", counting)
+        monkeypatch.setattr(batch_decode, "_decode_on", counting)
 
 
 def test_batched_answers_and_scores_are_the_one_at_a_time_ones(settings: Settings) -> None:

@@ -48,37 +48,53 @@ def greedy_batch(
 
     A row stops at an end-of-turn token (kept) or after ``max_tokens``.
     """
-    tokens: list[list[int]] = [[] for _ in prompts]
-    logprobs: list[list[float]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
     with torch.inference_mode(), autocast_context(device, autocast):
         cache, shared = _prefix_cache(model, prompts, device=device)
         # The rest of each prompt is left-padded, so every row's next token is last.
         rest = [p[shared:] for p in prompts]
         ids_BL, mask_BL = _padded(rest, shared, pad_id=pad_id, device=device, left=True)
         positions_BL = (mask_BL.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-        inputs = ids_BL
-        for _ in range(max_tokens):
-            out = model(
-                input_ids=inputs,
-                attention_mask=mask_BL,
-                position_ids=positions_BL,
-                use_cache=True,
-                logits_to_keep=1,
-                **cache,
-            )
-            logp_BV = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-            next_B = torch.argmax(logp_BV, dim=-1)
-            for row, token in enumerate(next_B.tolist()):
-                if not done[row]:
-                    tokens[row].append(token)
-                    logprobs[row].append(float(logp_BV[row, token]))
-                    done[row] = token in eos_ids
-            if all(done):
-                break
-            inputs = next_B[:, None]
-            mask_BL = torch.cat([mask_BL, torch.ones_like(mask_BL[:, :1])], dim=-1)
-            positions_BL = positions_BL[:, -1:] + 1
+        return _decode_on(
+            model, ids_BL, mask_BL, positions_BL, cache, [max_tokens] * len(prompts), eos_ids
+        )
+
+
+def _decode_on(
+    model: Any,
+    inputs_BL: torch.Tensor,
+    mask_BL: torch.Tensor,
+    positions_BL: torch.Tensor,
+    cache: dict[str, Any],
+    budgets: Sequence[int],
+    eos_ids: frozenset[int],
+) -> list[tuple[list[int], list[float]]]:
+    """Feed ``inputs_BL`` after ``cache``, then decode greedily, one token per step.
+
+    Row ``b`` stops at an end-of-turn token (kept) or after ``budgets[b]`` tokens;
+    ``mask_BL`` covers the cached columns and the inputs.
+    """
+    tokens: list[list[int]] = [[] for _ in budgets]
+    logprobs: list[list[float]] = [[] for _ in budgets]
+    done = [budget <= 0 for budget in budgets]
+    while not all(done):
+        out = model(
+            input_ids=inputs_BL,
+            attention_mask=mask_BL,
+            position_ids=positions_BL,
+            use_cache=True,
+            logits_to_keep=1,
+            **cache,
+        )
+        logp_BV = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        next_B = torch.argmax(logp_BV, dim=-1)
+        for row, token in enumerate(next_B.tolist()):
+            if not done[row]:
+                tokens[row].append(token)
+                logprobs[row].append(float(logp_BV[row, token]))
+                done[row] = token in eos_ids or len(tokens[row]) >= budgets[row]
+        inputs_BL = next_B[:, None]
+        mask_BL = torch.cat([mask_BL, torch.ones_like(mask_BL[:, :1])], dim=-1)
+        positions_BL = positions_BL[:, -1:] + 1
     return list(zip(tokens, logprobs, strict=True))
 
 
@@ -91,7 +107,7 @@ def score_batch(
     autocast: bool = False,
 ) -> list[list[float]]:
     """Logprob of each response token given its prompt, for every pair in one forward pass."""
-    rows = _forced(model, pairs, pad_id=pad_id, device=device, autocast=autocast)
+    rows = _score_pairs(model, pairs, pad_id=pad_id, device=device, autocast=autocast)
     return [row.logprobs for row in rows]
 
 
@@ -109,36 +125,74 @@ def greedy_from_drafts(
     """Greedy answers, as :func:`greedy_batch` gives them, checking each draft first.
 
     Equal to decoding from scratch but for exact ties and last-bit differences
-    between one batched forward pass and token-by-token decoding.
+    between one batched forward pass and token-by-token decoding. The rows whose
+    draft did not hold are decoded on from the scoring pass's own KV cache, so no
+    prompt is run twice.
     """
     pairs = [(p, d[:max_tokens]) for p, d in zip(prompts, drafts, strict=True)]
-    checked = _forced(model, pairs, pad_id=pad_id, device=device, autocast=autocast)
-    answers: list[tuple[list[int], list[float]]] = []
-    pending: list[int] = []
-    for row, ((_, draft), found) in enumerate(zip(pairs, checked, strict=True)):
-        ids, logprobs = list(draft[: found.agreed]), found.logprobs[: found.agreed]
-        if found.own is not None:  # where the model departs from the draft
-            ids.append(found.own[0])
-            logprobs.append(found.own[1])
-        answers.append((ids, logprobs))
-        if not ids or (ids[-1] not in eos_ids and len(ids) < max_tokens):
-            pending.append(row)
-    if pending:
-        budget = max_tokens - min(len(answers[row][0]) for row in pending)
-        more = greedy_batch(
-            model,
-            [[*prompts[row], *answers[row][0]] for row in pending],
-            max_tokens=budget,
-            eos_ids=eos_ids,
-            pad_id=pad_id,
-            device=device,
-            autocast=autocast,
-        )
-        for row, (ids, logprobs) in zip(pending, more, strict=True):
-            room = max_tokens - len(answers[row][0])  # a row's own budget; greedy rows are
-            answers[row][0].extend(ids[:room])  # independent, so cutting one is stopping it
-            answers[row][1].extend(logprobs[:room])
+    with torch.inference_mode(), autocast_context(device, autocast):
+        checked, cache = _forced(model, pairs, pad_id=pad_id, device=device)
+        answers: list[tuple[list[int], list[float]]] = []
+        pending: list[int] = []
+        for row, ((_, draft), found) in enumerate(zip(pairs, checked, strict=True)):
+            ids, logprobs = list(draft[: found.agreed]), found.logprobs[: found.agreed]
+            if found.own is not None:  # where the model departs from the draft
+                ids.append(found.own[0])
+                logprobs.append(found.own[1])
+            answers.append((ids, logprobs))
+            if not ids or (ids[-1] not in eos_ids and len(ids) < max_tokens):
+                pending.append(row)
+        if pending:
+            more = _decode_after_drafts(
+                model,
+                cache,
+                [(prompts[row], answers[row][0]) for row in pending],
+                pending,
+                max_tokens=max_tokens,
+                eos_ids=eos_ids,
+                device=device,
+            )
+            for row, (ids, logprobs) in zip(pending, more, strict=True):
+                answers[row][0].extend(ids)
+                answers[row][1].extend(logprobs)
     return answers
+
+
+def _decode_after_drafts(
+    model: Any,
+    cache: dict[str, Any],
+    sofar: Sequence[tuple[Sequence[int], Sequence[int]]],
+    rows: Sequence[int],
+    *,
+    max_tokens: int,
+    eos_ids: frozenset[int],
+    device: str,
+) -> list[tuple[list[int], list[float]]]:
+    """Decode on the (prompt, answer so far) of ``rows`` of a :func:`_forced` cache.
+
+    The cache holds every row's prompt and draft (right-padded, so a column is
+    a position). Each row's last token so far is fed again at its own
+    position, and the columns from that position on (the draft tokens the model
+    did not keep, or padding) are masked out.
+    """
+    layers = next(iter(cache.values()))
+    layers.batch_select_indices(torch.tensor(list(rows), device=device))
+    width = layers.get_seq_length()
+    ends = [len(prompt) + len(ids) - 1 for prompt, ids in sofar]  # the fed token's position
+    last = [ids[-1] if ids else prompt[-1] for prompt, ids in sofar]
+    mask_BL = torch.zeros((len(rows), width + 1), dtype=torch.long, device=device)
+    for b, end in enumerate(ends):
+        mask_BL[b, :end] = 1
+    mask_BL[:, width] = 1
+    return _decode_on(
+        model,
+        torch.tensor(last, dtype=torch.long, device=device)[:, None],
+        mask_BL,
+        torch.tensor(ends, dtype=torch.long, device=device)[:, None],
+        cache,
+        [max_tokens - len(ids) for _, ids in sofar],
+        eos_ids,
+    )
 
 
 @attrs.frozen
@@ -150,7 +204,7 @@ class _Forced:
     own: tuple[int, float] | None  # its greedy token (and logprob) where it first departs
 
 
-def _forced(
+def _score_pairs(
     model: Any,
     pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     *,
@@ -158,23 +212,39 @@ def _forced(
     device: str,
     autocast: bool,
 ) -> list[_Forced]:
-    prompts = [p for p, _ in pairs]
     with torch.inference_mode(), autocast_context(device, autocast):
-        cache, shared = _prefix_cache(model, prompts, device=device)
-        rest = [[*p[shared:], *r] for p, r in pairs]  # right-padded: positions run on
-        ids_BL, mask_BL = _padded(rest, shared, pad_id=pad_id, device=device, left=False)
-        width = ids_BL.shape[1]
-        # Logits are read from the last prompt token on; the head runs on that span only.
-        first = min(len(p) - shared for p in prompts) - 1
-        last = max(len(part) for part in rest) - 1
-        positions_L = torch.arange(shared, shared + width, device=device)
-        out = model(
-            input_ids=ids_BL,
-            attention_mask=mask_BL,
-            position_ids=positions_L.expand(len(pairs), -1),
-            logits_to_keep=torch.arange(first, last, device=device),
-            **cache,
-        )
+        return _forced(model, pairs, pad_id=pad_id, device=device)[0]
+
+
+def _forced(
+    model: Any,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    pad_id: int,
+    device: str,
+) -> tuple[list[_Forced], dict[str, Any]]:
+    """Score every pair in one right-padded pass; also its KV cache.
+
+    A response's last token is predicted but never read, so it is not run: the cache
+    holds each row's prompt and its response but for that last token.
+    """
+    prompts = [p for p, _ in pairs]
+    cache, shared = _prefix_cache(model, prompts, device=device)
+    rest = [[*p[shared:], *r[:-1]] for p, r in pairs]  # right-padded: positions run on
+    ids_BL, mask_BL = _padded(rest, shared, pad_id=pad_id, device=device, left=False)
+    width = ids_BL.shape[1]
+    # Logits are read from the last prompt token on; the head runs on that span only.
+    first = min(len(p) - shared for p in prompts) - 1
+    last = max(len(part) for part in rest)
+    positions_L = torch.arange(shared, shared + width, device=device)
+    out = model(
+        input_ids=ids_BL,
+        attention_mask=mask_BL,
+        position_ids=positions_L.expand(len(pairs), -1),
+        use_cache=True,
+        logits_to_keep=torch.arange(first, last, device=device),
+        **cache,
+    )
     rows = []
     for row, (prompt, response) in enumerate(pairs):
         start = len(prompt) - shared - 1 - first  # the logit predicting the first response token
@@ -187,7 +257,7 @@ def _forced(
         if agreed < len(response):
             own = (int(greedy_T[agreed]), float(best_T[agreed]))
         rows.append(_Forced(logprobs=[float(x) for x in picked], agreed=agreed, own=own))
-    return rows
+    return rows, cache
 
 
 def _padded(
