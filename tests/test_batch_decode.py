@@ -1,0 +1,112 @@
+"""Batched greedy answers from drafts equal plain batched greedy decoding, on every path.
+
+A small randomly initialised Llama (the bundled model's architecture, built in the
+test, in float64 so that batching cannot flip a near-tie) runs each path of
+:func:`greedy_from_drafts`: drafts kept whole, empty drafts, drafts the model leaves
+part-way (decoded on from the scoring pass's cache), drafts that stop short of the
+length limit without an end of turn, and prompts of different lengths behind a
+shared prefix.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from claas.inference._batch_decode import greedy_batch, greedy_from_drafts, score_batch
+
+VOCAB = 96
+PAD = 0
+SHARED = list(range(10, 22))  # longer than the shortest prefix worth its own pass
+
+
+@pytest.fixture(scope="module")
+def model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    return LlamaForCausalLM(config).double().eval()
+
+
+def _prompts() -> list[list[int]]:
+    tails = [[30, 31, 32], [40, 41, 42, 43, 44, 45], [50], [60, 61, 62, 63]]
+    return [[*SHARED, *tail] for tail in tails]
+
+
+def _eos(model: LlamaForCausalLM, prompts: list[list[int]]) -> frozenset[int]:
+    """An end-of-turn id that one row's greedy answer reaches early, so both stops occur."""
+    free = greedy_batch(
+        model, prompts, max_tokens=10, eos_ids=frozenset(), pad_id=PAD, device="cpu"
+    )
+    return frozenset({free[1][0][3]})
+
+
+Answers = list[tuple[list[int], list[float]]]
+
+
+def _answers(
+    model: LlamaForCausalLM,
+    prompts: list[list[int]],
+    drafts: list[list[int]],
+    eos: frozenset[int],
+    max_tokens: int = 10,
+) -> Answers:
+    return greedy_from_drafts(
+        model, prompts, drafts, max_tokens=max_tokens, eos_ids=eos, pad_id=PAD, device="cpu"
+    )
+
+
+def _changed_at(ids: list[int], index: int) -> list[int]:
+    return [*ids[:index], (ids[index] + 1) % VOCAB, *ids[index + 1 :]]
+
+
+def _same(got: Answers, want: Answers) -> None:
+    assert [ids for ids, _ in got] == [ids for ids, _ in want]
+    for (_, lp_got), (_, lp_want) in zip(got, want, strict=True):
+        assert lp_got == pytest.approx(lp_want, abs=1e-9)
+
+
+def test_every_kind_of_draft_gives_the_greedy_answer(model: LlamaForCausalLM) -> None:
+    prompts = _prompts()
+    eos = _eos(model, prompts)
+    want = greedy_batch(model, prompts, max_tokens=10, eos_ids=eos, pad_id=PAD, device="cpu")
+    assert any(ids[-1] in eos for ids, _ in want)  # one row stops at its end of turn
+    assert any(len(ids) == 10 for ids, _ in want)  # and one at the length limit
+    truth = [ids for ids, _ in want]
+    _same(_answers(model, prompts, truth, eos), want)  # kept whole
+    _same(_answers(model, prompts, [[] for _ in prompts], eos), want)  # nothing to check
+    departed = [_changed_at(ids, len(ids) // 2) for ids in truth]
+    _same(_answers(model, prompts, departed, eos), want)  # left half-way
+    short = [ids[: len(ids) // 2] for ids in truth]  # all agreed, no end of turn, under the limit
+    _same(_answers(model, prompts, short, eos), want)
+    mixed = [truth[0], [], departed[2], short[3]]
+    _same(_answers(model, prompts, mixed, eos), want)
+
+
+def test_a_lower_limit_cuts_each_row_at_its_own_length(model: LlamaForCausalLM) -> None:
+    prompts = _prompts()
+    eos = _eos(model, prompts)
+    want = greedy_batch(model, prompts, max_tokens=4, eos_ids=eos, pad_id=PAD, device="cpu")
+    long = greedy_batch(model, prompts, max_tokens=10, eos_ids=eos, pad_id=PAD, device="cpu")
+    drafts = [_changed_at(ids, min(1, len(ids) - 1)) for ids, _ in long]
+    got = _answers(model, prompts, drafts, eos, max_tokens=4)
+    _same(got, want)
+    assert all(len(ids) <= 4 for ids, _ in got)
+
+
+def test_batched_scores_are_each_pair_scored_alone(model: LlamaForCausalLM) -> None:
+    prompts = _prompts()
+    responses = [[70, 71], [72], [73, 74, 75, 76], []]
+    pairs = list(zip(prompts, responses, strict=True))
+    batched = score_batch(model, pairs, pad_id=PAD, device="cpu")
+    for pair, row in zip(pairs, batched, strict=True):
+        assert row == pytest.approx(score_batch(model, [pair], pad_id=PAD, device="cpu")[0])
+        assert len(row) == len(pair[1])
