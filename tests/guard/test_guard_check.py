@@ -100,3 +100,29 @@ def test_answers_from_drafts_are_the_decoded_ones_and_kept_drafts_are_not_decode
         again = gate._ask(inference, tokenizer, candidate, GUARD_PROBES, known=full)
         assert counter.decoded == 0
         assert again.tokens == full.tokens
+
+
+def test_after_a_restart_a_parent_is_checked_against_its_recorded_answers(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Learner(settings) as learner:
+        learner.init_adapter("guard/restart")
+        answer = learner.chat("guard/restart", SKY, temperature=0.7, max_tokens=48, seed=0)
+        learner.feedback(answer.id, "Way too long. Answer in one short sentence.")
+    # A new process: the live version 1 is known only from the store, with its verdict.
+    inference = LocalInference(settings)
+    with Learner(settings, inference=inference) as learner:
+        parent = learner.current_version("guard/restart")
+        assert parent.version == 1 and parent.verdict is not None and parent.verdict["passed"]
+        tokenizer = learner.tokenizer
+        counter = DecodeCounter(monkeypatch)
+        drafted = Gate(settings)._asked(inference, tokenizer, parent, GUARD_PROBES)
+        decoded_from_record = counter.decoded
+        full = Gate(settings)._ask(inference, tokenizer, parent, GUARD_PROBES)
+        assert drafted.tokens == full.tokens
+        assert drafted.answers.texts == full.answers.texts
+        recorded = parent.verdict["answers"]
+        assert tuple(recorded[p.prompt] for p in GUARD_PROBES) == full.answers.texts
+        # Asked from scratch, every probe is decoded; from its record, none need be.
+        assert counter.decoded - decoded_from_record == len(GUARD_PROBES)
+        assert decoded_from_record == 0, decoded_from_record

@@ -13,7 +13,8 @@ per probe, how many of those tokens are the candidate's own greedy choices and w
 token it picks where it departs. Where the parent's answer holds to its end, it is
 the candidate's; elsewhere decoding goes on from the first token that differs. One
 small update leaves most probe answers as they were, or changes their ends, so this
-replaces most of the decoding.
+replaces most of the decoding. A parent not asked since the process started is
+checked the same way against the answers its own verdict recorded.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ class Gate:
         with self._lock:
             known = self._known.get(self._key(version, probes))
         if known is None:
-            known = self._ask(backend, tokenizer, version, probes)
+            recorded = _recorded(version, probes)
+            known = self._ask(backend, tokenizer, version, probes, recorded=recorded)
             self._remember(version, probes, known)
         return known
 
@@ -152,8 +154,13 @@ class Gate:
         probes: Sequence[Probe],
         *,
         known: _Asked | None = None,
+        recorded: Sequence[str] | None = None,
     ) -> _Asked:
-        """``version``'s greedy answers; ``known`` (its parent's) are the drafts, if given."""
+        """``version``'s greedy answers, checked first against drafts where there are any.
+
+        The drafts are ``known`` answers (its parent's), or else ``recorded`` answer
+        texts (its own, from its verdict), re-encoded.
+        """
         thinking = self._settings.thinking
         # Version 0 equals the base model (the engine's contract), so every new
         # adapter shares the base model's answers and no slot is loaded for them.
@@ -161,6 +168,8 @@ class Gate:
         chats = [[ChatMessage(role="user", content=p.prompt)] for p in probes]
         prompts = [tuple(encode_chat(tokenizer, chat, thinking=thinking)) for chat in chats]
         drafts = _drafts(known, prompts)
+        if drafts is None and recorded is not None:
+            drafts = [_encoded(tokenizer, text, self._max_tokens) for text in recorded]
         if drafts is not None and isinstance(backend, DraftAnswerer):
             answered = backend.answer_batch_from_drafts(
                 prompts, drafts, adapter=adapter, max_tokens=self._max_tokens
@@ -197,6 +206,34 @@ def _drafts(
     if known is None or [p for p, _ in known.tokens] != list(prompts):
         return None
     return [response for _, response in known.tokens]
+
+
+def _recorded(version: AdapterVersion, probes: Sequence[Probe]) -> list[str] | None:
+    """The answers to ``probes`` its verdict recorded for ``version``, if it has them all.
+
+    A verdict keeps the judged version's answer texts; after a restart they are its
+    drafts when it is the parent, so it is not decoded afresh. A verdict file is
+    data from disk (an older one may lack answers), hence the checks.
+    """
+    answers = (version.verdict or {}).get("answers")
+    if not isinstance(answers, Mapping):
+        return None
+    texts = [answers.get(p.prompt) for p in probes]
+    if not all(isinstance(t, str) for t in texts):
+        return None
+    return [str(t) for t in texts]
+
+
+def _encoded(tokenizer: ChatTokenizer, text: str, max_tokens: int) -> tuple[int, ...]:
+    """A recorded answer's text as a draft: its tokens, and the end of turn if it is short.
+
+    Only a draft: where re-encoding or the guessed end differs from the greedy
+    tokens, the check finds the first difference and decodes on from there.
+    """
+    ids = [int(i) for i in tokenizer.encode(text, add_special_tokens=False)][:max_tokens]
+    if len(ids) < max_tokens and tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return tuple(ids)
 
 
 def _score(
