@@ -168,7 +168,7 @@ class Gate:
         chats = [[ChatMessage(role="user", content=p.prompt)] for p in probes]
         prompts = [tuple(encode_chat(tokenizer, chat, thinking=thinking)) for chat in chats]
         drafts = _drafts(known, prompts)
-        if drafts is None and recorded is not None:
+        if drafts is None and recorded is not None and isinstance(backend, DraftAnswerer):
             drafts = [_encoded(tokenizer, text, self._max_tokens) for text in recorded]
         if drafts is not None and isinstance(backend, DraftAnswerer):
             answered = backend.answer_batch_from_drafts(
