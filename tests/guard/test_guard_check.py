@@ -8,6 +8,7 @@ greedy decoding gives, and decode on only the probes whose answers changed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -32,9 +33,9 @@ class DecodeCounter:
         self.decoded = 0
         original = batch_decode._decode_on
 
-        def counting(*args: Any) -> Any:
-            self.decoded += len(args[5])  # one budget per row
-            return original(*args)
+        def counting(*args: Any, budgets: Sequence[int], **kwargs: Any) -> Any:
+            self.decoded += len(budgets)  # one budget per row
+            return original(*args, budgets=budgets, **kwargs)
 
         monkeypatch.setattr(batch_decode, "_decode_on", counting)
 

@@ -167,10 +167,9 @@ class Gate:
         adapter = None if version.parent is None else version
         chats = [[ChatMessage(role="user", content=p.prompt)] for p in probes]
         prompts = [tuple(encode_chat(tokenizer, chat, thinking=thinking)) for chat in chats]
-        drafts = _drafts(known, prompts)
-        if drafts is None and recorded is not None and isinstance(backend, DraftAnswerer):
-            drafts = [_encoded(tokenizer, text, self._max_tokens) for text in recorded]
-        if drafts is not None and isinstance(backend, DraftAnswerer):
+        if isinstance(backend, DraftAnswerer) and (
+            drafts := self._drafts(tokenizer, known, recorded, prompts)
+        ):
             answered = backend.answer_batch_from_drafts(
                 prompts, drafts, adapter=adapter, max_tokens=self._max_tokens
             )
@@ -198,14 +197,19 @@ class Gate:
         )
         return _Asked(answers=answers, tokens=tokens)
 
-
-def _drafts(
-    known: _Asked | None, prompts: Sequence[tuple[int, ...]]
-) -> list[tuple[int, ...]] | None:
-    """The parent's answers as drafts, when they answered these very prompts."""
-    if known is None or [p for p, _ in known.tokens] != list(prompts):
+    def _drafts(
+        self,
+        tokenizer: ChatTokenizer,
+        known: _Asked | None,
+        recorded: Sequence[str] | None,
+        prompts: Sequence[tuple[int, ...]],
+    ) -> list[tuple[int, ...]] | None:
+        """Known answers to these very prompts as drafts, else recorded texts re-encoded."""
+        if known is not None and [p for p, _ in known.tokens] == list(prompts):
+            return [response for _, response in known.tokens]
+        if recorded is not None:
+            return [_encoded(tokenizer, text, self._max_tokens) for text in recorded]
         return None
-    return [response for _, response in known.tokens]
 
 
 def _recorded(version: AdapterVersion, probes: Sequence[Probe]) -> list[str] | None:

@@ -54,8 +54,9 @@ def greedy_batch(
         rest = [p[shared:] for p in prompts]
         ids_BL, mask_BL = _padded(rest, shared, pad_id=pad_id, device=device, left=True)
         positions_BL = (mask_BL.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        budgets = [max_tokens] * len(prompts)
         return _decode_on(
-            model, ids_BL, mask_BL, positions_BL, cache, [max_tokens] * len(prompts), eos_ids
+            model, ids_BL, mask_BL, positions_BL, cache, budgets=budgets, eos_ids=eos_ids
         )
 
 
@@ -65,6 +66,7 @@ def _decode_on(
     mask_BL: torch.Tensor,
     positions_BL: torch.Tensor,
     cache: dict[str, Any],
+    *,
     budgets: Sequence[int],
     eos_ids: frozenset[int],
 ) -> list[tuple[list[int], list[float]]]:
@@ -190,8 +192,8 @@ def _decode_after_drafts(
         mask_BL,
         torch.tensor(ends, dtype=torch.long, device=device)[:, None],
         cache,
-        [max_tokens - len(ids) for _, ids in sofar],
-        eos_ids,
+        budgets=[max_tokens - len(ids) for _, ids in sofar],
+        eos_ids=eos_ids,
     )
 
 
