@@ -75,6 +75,41 @@ def test_fused_lora_forward_under_bfloat16_autocast_stays_close() -> None:
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
 
 
+def _tiny_llama() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(2)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def test_installed_attention_masks_left_padding_and_cached_decoding_as_sdpa_does() -> None:
+    from claas._fast_forward import install_attention
+    from claas.inference._batch_decode import greedy_batch
+
+    plain = _tiny_llama()
+    fast = _tiny_llama()
+    install_attention(fast)
+    ids = torch.tensor([[0, 0, 0, 5, 6, 7], [8, 9, 10, 11, 12, 13]])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    with torch.inference_mode():
+        want = plain(input_ids=ids, attention_mask=mask).logits
+        got = fast(input_ids=ids, attention_mask=mask).logits
+    # The padded row's real positions must not see its padding.
+    torch.testing.assert_close(got[:, 3:], want[:, 3:])
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [20, 21]]
+    kwargs = {"max_tokens": 6, "eos_ids": frozenset(), "pad_id": 0, "device": "cpu"}
+    assert greedy_batch(fast, prompts, **kwargs) == greedy_batch(plain, prompts, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def sample(models_dir: Path) -> DistillSample:
     tokenizer = load_tokenizer(Settings().base_model, models_dir=models_dir)

@@ -83,10 +83,17 @@ def _lora_linear_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) 
 
 
 def install_attention(model: Any) -> None:
-    """Run ``model``'s attention through :func:`_attention` (registered as ``claas_sdpa``)."""
+    """Run ``model``'s attention through :func:`_attention` (registered as ``claas_sdpa``).
+
+    Its masks are built as for ``sdpa``: transformers gives an attention name it has no
+    mask builder for no mask at all, so padding and masked cache columns were attended
+    to (unseen in training, whose batches are right-padded, but not in cached decoding).
+    """
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(ATTENTION, _attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
     model.set_attn_implementation(ATTENTION)
 
 
