@@ -11,29 +11,18 @@ shared prefix.
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_llama import VOCAB, tiny_llama
+from transformers import LlamaForCausalLM
 
 from claas.inference._batch_decode import greedy_batch, greedy_from_drafts, score_batch
 
-VOCAB = 96
 PAD = 0
 SHARED = list(range(10, 22))  # longer than the shortest prefix worth its own pass
 
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    return LlamaForCausalLM(config).double().eval()
+    return tiny_llama(seed=0).double()
 
 
 def _prompts() -> list[list[int]]:

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from tiny_llama import tiny_llama
 
 from claas import DistillConfig, LoraSpec, Settings
-from claas._fast_forward import install_lora_forward
+from claas._fast_forward import install_attention, install_lora_forward
+from claas.inference._batch_decode import greedy_batch
 from claas.models import load_tokenizer
 from claas.teacher import DistillSample, build_sample_from_text
 from claas.training._batch import collate
@@ -75,28 +77,8 @@ def test_fused_lora_forward_under_bfloat16_autocast_stays_close() -> None:
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
 
 
-def _tiny_llama() -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(2)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 def test_installed_attention_masks_left_padding_and_cached_decoding_as_sdpa_does() -> None:
-    from claas._fast_forward import install_attention
-    from claas.inference._batch_decode import greedy_batch
-
-    plain = _tiny_llama()
-    fast = _tiny_llama()
+    plain, fast = tiny_llama(seed=2), tiny_llama(seed=2)
     install_attention(fast)
     ids = torch.tensor([[0, 0, 0, 5, 6, 7], [8, 9, 10, 11, 12, 13]])
     mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])

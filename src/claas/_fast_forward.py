@@ -85,9 +85,9 @@ def _lora_linear_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) 
 def install_attention(model: Any) -> None:
     """Run ``model``'s attention through :func:`_attention` (registered as ``claas_sdpa``).
 
-    Its masks are built as for ``sdpa``: transformers gives an attention name it has no
-    mask builder for no mask at all, so padding and masked cache columns were attended
-    to (unseen in training, whose batches are right-padded, but not in cached decoding).
+    Its masks are built as for ``sdpa``. Transformers passes no mask at all to an
+    attention without a registered mask builder, which attends to padding and masked
+    cache columns: harmless for training's right-padded batches, wrong for cached decoding.
     """
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
