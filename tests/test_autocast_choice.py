@@ -64,6 +64,13 @@ def test_auto_keeps_cpu_inference_in_float32() -> None:
     assert forced.enabled  # an explicit value applies to inference too
 
 
+def test_auto_runs_batched_checks_in_bfloat16_where_native() -> None:
+    checks = autocast_choice("auto", "cpu", purpose="checks", cpuinfo=SAPPHIRE_RAPIDS)
+    assert checks.enabled and "amx_bf16" in checks.reason
+    assert not autocast_choice("auto", "cpu", purpose="checks", cpuinfo=SKYLAKE).enabled
+    assert not autocast_choice(False, "cpu", purpose="checks", cpuinfo=SAPPHIRE_RAPIDS).enabled
+
+
 def test_explicit_values_win_over_the_hardware() -> None:
     assert not autocast_choice(False, "cpu", cpuinfo=SAPPHIRE_RAPIDS).enabled
     forced = autocast_choice(True, "cpu", cpuinfo=SKYLAKE)

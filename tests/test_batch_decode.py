@@ -99,3 +99,51 @@ def test_batched_scores_are_each_pair_scored_alone(model: LlamaForCausalLM) -> N
     for pair, row in zip(pairs, batched, strict=True):
         assert row == pytest.approx(score_batch(model, [pair], pad_id=PAD, device="cpu")[0])
         assert len(row) == len(pair[1])
+
+
+class PassCounter:
+    """The model, counting its forward passes."""
+
+    def __init__(self, model: LlamaForCausalLM) -> None:
+        self.model = model
+        self.passes = 0
+
+    def __call__(self, **kwargs: object) -> object:
+        self.passes += 1
+        return self.model(**kwargs)
+
+    def get_base_model(self) -> LlamaForCausalLM:  # what the cache-keyword lookup reads
+        return self.model
+
+
+def test_guesses_from_known_answers_keep_the_answer_and_save_passes(
+    model: LlamaForCausalLM,
+) -> None:
+    prompts = _prompts()
+    eos = _eos(model, prompts)
+    want = greedy_batch(model, prompts, max_tokens=10, eos_ids=eos, pad_id=PAD, device="cpu")
+    truth = [ids for ids, _ in want]
+    # Drafts wrong at every token: the answers must be decoded after their first.
+    wrong = [[(t + 3) % VOCAB for t in ids] for ids in truth]
+    plain, guessing = PassCounter(model), PassCounter(model)
+    alone = greedy_from_drafts(
+        plain, prompts, wrong, max_tokens=10, eos_ids=eos, pad_id=PAD, device="cpu"
+    )
+    # Known earlier answers, one of them the true one (a version the answer returns
+    # to) after a wrong one: guessing from them must not change the answer.
+    known = [[w[1:], t] for w, t in zip(wrong, truth, strict=True)]
+    guessed = greedy_from_drafts(
+        guessing,
+        prompts,
+        wrong,
+        max_tokens=10,
+        eos_ids=eos,
+        pad_id=PAD,
+        device="cpu",
+        lookup=known,
+    )
+    _same(alone, want)
+    _same(guessed, want)
+    longest = max(len(ids) for ids in truth)
+    assert plain.passes >= longest  # one decoding pass per token after the first
+    assert guessing.passes <= 3, guessing.passes  # the scoring pass and one or two guesses

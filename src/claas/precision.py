@@ -10,12 +10,16 @@ fast as float32 ones, and off elsewhere (emulated bfloat16 is slower than float3
   which reads the same CPUID bits through the cpuinfo library);
 - any other device (``mps``, other CPUs): off.
 
-On a CPU ``auto`` is for training only: local inference decodes in float32 there.
-Decoding one token is a matrix-vector product per layer, bound by memory and per-op
-work rather than by matmul throughput, and under autocast every layer also casts its
-input; on the development CPU (AMX) bfloat16 decoded at 108.5 against 84.1 ms/token
-in float32 (docs/benchmarks.md), while the update step ran 1.36 times faster. On CUDA
-``auto`` covers both. Explicit ``True``/``False`` apply to both everywhere.
+On a CPU ``auto`` is for training and batched checks only: chats decode in float32
+there. Decoding one token is a matrix-vector product per layer, bound by memory and
+per-op work rather than by matmul throughput, and under autocast every layer also
+casts its input; on the development CPU (AMX) bfloat16 decoded at 108.5 against 84.1
+ms/token in float32 (docs/benchmarks.md), while the update step ran 1.36 times faster.
+(An AVX512-BF16 CPU without AMX decoded at 31.4 against 43.0 ms/token: it depends on
+the CPU, so float32 stays the safe choice for chats.) The guard's batched checks
+(``purpose="checks"``) run one pass over a few hundred tokens, a matmul-bound shape
+that bfloat16 computes about twice as fast on either CPU. On CUDA ``auto`` covers
+all three. Explicit ``True``/``False`` apply to all of them everywhere.
 
 The CPU is probed once per process.
 """
@@ -33,8 +37,9 @@ __all__ = ["AutocastChoice", "CPU_BF16_FLAGS", "Purpose", "autocast_choice", "cp
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _CPUINFO = Path("/proc/cpuinfo")
 
-Purpose = Literal["training", "inference"]
-"""What the model computes: the update (teacher, student, backward) or answers."""
+Purpose = Literal["training", "inference", "checks"]
+"""What the model computes: the update (teacher, student, backward), chat answers, or
+batched greedy checks (the guard's probes)."""
 
 
 @attrs.frozen
@@ -102,8 +107,9 @@ def autocast_choice(
     Args:
         setting: ``True``/``False`` (always win) or ``"auto"``.
         device: The device the models run on (not ``auto``).
-        purpose: ``training`` (the engine) or ``inference`` (local inference); ``auto``
-            keeps CPU inference in float32 (see the module docstring).
+        purpose: ``training`` (the engine), ``inference`` (local chats) or ``checks``
+            (local batched checks); ``auto`` keeps CPU chats in float32 (see the
+            module docstring).
         cpuinfo: ``/proc/cpuinfo`` text to judge instead of this machine's (tests).
     """
     if setting is not True and setting is not False:

@@ -71,8 +71,13 @@ class DraftAnswerer(Protocol):
         *,
         adapter: AdapterVersion | None,
         max_tokens: int,
+        lookup: Sequence[Sequence[Sequence[int]]] = (),
     ) -> list[tuple[list[int], list[float]]]:
-        """Greedy answers (token ids and logprobs) per prompt, each checked against its draft."""
+        """Greedy answers (token ids and logprobs) per prompt, each checked against its draft.
+
+        ``lookup`` holds, per prompt, other known answers to it (earlier versions'),
+        to guess from where an answer departs from its draft.
+        """
         ...
 
 
@@ -171,7 +176,11 @@ class Gate:
             drafts := self._drafts(tokenizer, known, recorded, prompts)
         ):
             answered = backend.answer_batch_from_drafts(
-                prompts, drafts, adapter=adapter, max_tokens=self._max_tokens
+                prompts,
+                drafts,
+                adapter=adapter,
+                max_tokens=self._max_tokens,
+                lookup=self._earlier_answers(prompts),
             )
         elif isinstance(backend, BatchAnswerer):
             answered = backend.answer_batch(prompts, adapter=adapter, max_tokens=self._max_tokens)
@@ -196,6 +205,22 @@ class Gate:
             (tuple(p), tuple(ids)) for p, (ids, _) in zip(prompts, answered, strict=True)
         )
         return _Asked(answers=answers, tokens=tokens)
+
+    def _earlier_answers(self, prompts: Sequence[tuple[int, ...]]) -> list[list[tuple[int, ...]]]:
+        """Per prompt, the distinct answers remembered for it, the most recent first.
+
+        A small update often takes an answer back to what an earlier version said
+        (the drafts are only the parent's), so these are guessed from when decoding.
+        """
+        with self._lock:
+            asked = list(self._known.values())
+        earlier: dict[tuple[int, ...], list[tuple[int, ...]]] = {p: [] for p in prompts}
+        for known in reversed(asked):
+            for prompt, response in known.tokens:
+                seen = earlier.get(prompt)
+                if seen is not None and response not in seen:
+                    seen.append(response)
+        return [earlier[p] for p in prompts]
 
     def _drafts(
         self,

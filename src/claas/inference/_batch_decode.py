@@ -26,6 +26,7 @@ import attrs
 import torch
 
 from claas.inference._decode import _cache_keyword
+from claas.inference._lookup_decode import Row, decode_on
 from claas.models import autocast_context
 
 __all__ = ["greedy_batch", "greedy_from_drafts", "score_batch"]
@@ -54,50 +55,32 @@ def greedy_batch(
         rest = [p[shared:] for p in prompts]
         ids_BL, mask_BL = _padded(rest, shared, pad_id=pad_id, device=device, left=True)
         positions_BL = (mask_BL.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-        budgets = [max_tokens] * len(prompts)
-        return _decode_on(
-            model, ids_BL, mask_BL, positions_BL, cache, budgets=budgets, eos_ids=eos_ids
-        )
-
-
-def _decode_on(
-    model: Any,
-    inputs_BL: torch.Tensor,
-    mask_BL: torch.Tensor,
-    positions_BL: torch.Tensor,
-    cache: dict[str, Any],
-    *,
-    budgets: Sequence[int],
-    eos_ids: frozenset[int],
-) -> list[tuple[list[int], list[float]]]:
-    """Feed ``inputs_BL`` after ``cache``, then decode greedily, one token per step.
-
-    Row ``b`` stops at an end-of-turn token (kept) or after ``budgets[b]`` tokens;
-    ``mask_BL`` covers the cached columns and the inputs.
-    """
-    tokens: list[list[int]] = [[] for _ in budgets]
-    logprobs: list[list[float]] = [[] for _ in budgets]
-    done = [budget <= 0 for budget in budgets]
-    while not all(done):
         out = model(
-            input_ids=inputs_BL,
+            input_ids=ids_BL,
             attention_mask=mask_BL,
             position_ids=positions_BL,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=_last_position(ids_BL),
             **cache,
         )
-        logp_BV = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        next_B = torch.argmax(logp_BV, dim=-1)
-        for row, token in enumerate(next_B.tolist()):
-            if not done[row]:
-                tokens[row].append(token)
-                logprobs[row].append(float(logp_BV[row, token]))
-                done[row] = token in eos_ids or len(tokens[row]) >= budgets[row]
-        inputs_BL = next_B[:, None]
-        mask_BL = torch.cat([mask_BL, torch.ones_like(mask_BL[:, :1])], dim=-1)
-        positions_BL = positions_BL[:, -1:] + 1
-    return list(zip(tokens, logprobs, strict=True))
+        best_B, first_B = torch.log_softmax(out.logits[:, -1].float(), dim=-1).max(dim=-1)
+        rows = [
+            Row(
+                ids=[token],
+                logprobs=[logprob],
+                last=token,
+                position=len(prompt),
+                budget=max_tokens,
+                sources=[prompt],
+            )
+            for prompt, token, logprob in zip(
+                prompts, first_B.tolist(), best_B.tolist(), strict=True
+            )
+        ]
+        for row in rows:
+            row.done = row.last in eos_ids
+        decode_on(model, cache, mask_BL, rows, eos_ids=eos_ids)
+    return [(row.ids, row.logprobs) for row in rows]
 
 
 def score_batch(
@@ -123,54 +106,54 @@ def greedy_from_drafts(
     pad_id: int,
     device: str,
     autocast: bool = False,
+    lookup: Sequence[Sequence[Sequence[int]]] = (),
 ) -> list[tuple[list[int], list[float]]]:
     """Greedy answers, as :func:`greedy_batch` gives them, checking each draft first.
 
     Equal to decoding from scratch but for exact ties and last-bit differences
     between one batched forward pass and token-by-token decoding. The rows whose
     draft did not hold are decoded on from the scoring pass's own KV cache, so no
-    prompt is run twice.
+    prompt is run twice, guessing ahead (:mod:`._lookup_decode`) from their draft,
+    from ``lookup`` (other known answers, per prompt) and from their prompt.
     """
     pairs = [(p, d[:max_tokens]) for p, d in zip(prompts, drafts, strict=True)]
     with torch.inference_mode(), autocast_context(device, autocast):
         checked, cache = _forced(model, pairs, pad_id=pad_id, device=device)
-        answers: list[tuple[list[int], list[float]]] = []
-        pending: list[int] = []
-        for row, ((_, draft), found) in enumerate(zip(pairs, checked, strict=True)):
+        rows: list[Row] = []
+        for row, ((prompt, draft), found) in enumerate(zip(pairs, checked, strict=True)):
             ids, logprobs = list(draft[: found.agreed]), found.logprobs[: found.agreed]
             if found.own is not None:  # where the model departs from the draft
                 ids.append(found.own[0])
                 logprobs.append(found.own[1])
-            answers.append((ids, logprobs))
-            if not ids or (ids[-1] not in eos_ids and len(ids) < max_tokens):
-                pending.append(row)
-        if pending:
-            more = _decode_after_drafts(
-                model,
-                cache,
-                [(prompts[row], answers[row][0]) for row in pending],
-                pending,
-                max_tokens=max_tokens,
-                eos_ids=eos_ids,
-                device=device,
+            known = lookup[row] if row < len(lookup) else ()
+            rows.append(
+                Row(
+                    ids=ids,
+                    logprobs=logprobs,
+                    last=ids[-1] if ids else prompt[-1],
+                    position=len(prompt) + len(ids) - 1,
+                    budget=max_tokens,
+                    sources=[draft, *known, prompt],
+                    done=bool(ids) and ids[-1] in eos_ids,
+                )
             )
-            for row, (ids, logprobs) in zip(pending, more, strict=True):
-                answers[row][0].extend(ids)
-                answers[row][1].extend(logprobs)
-    return answers
+        pending = [b for b, row in enumerate(rows) if not (row.done or len(row.ids) >= max_tokens)]
+        if pending:
+            chosen = [rows[b] for b in pending]
+            _decode_after_drafts(model, cache, chosen, pending, eos_ids=eos_ids, device=device)
+    return [(row.ids, row.logprobs) for row in rows]
 
 
 def _decode_after_drafts(
     model: Any,
     cache: dict[str, Any],
-    sofar: Sequence[tuple[Sequence[int], Sequence[int]]],
-    rows: Sequence[int],
+    rows: list[Row],
+    indices: Sequence[int],
     *,
-    max_tokens: int,
     eos_ids: frozenset[int],
     device: str,
-) -> list[tuple[list[int], list[float]]]:
-    """Decode on the (prompt, answer so far) of ``rows`` of a :func:`_forced` cache.
+) -> None:
+    """Decode on ``rows`` (rows ``indices`` of a :func:`_forced` cache).
 
     The cache holds every row's prompt and draft (right-padded, so a column is
     a position). Each row's last token so far is fed again at its own
@@ -178,23 +161,11 @@ def _decode_after_drafts(
     did not keep, or padding) are masked out.
     """
     layers = next(iter(cache.values()))
-    layers.batch_select_indices(torch.tensor(list(rows), device=device))
-    width = layers.get_seq_length()
-    ends = [len(prompt) + len(ids) - 1 for prompt, ids in sofar]  # the fed token's position
-    last = [ids[-1] if ids else prompt[-1] for prompt, ids in sofar]
-    mask_BL = torch.zeros((len(rows), width + 1), dtype=torch.long, device=device)
-    for b, end in enumerate(ends):
-        mask_BL[b, :end] = 1
-    mask_BL[:, width] = 1
-    return _decode_on(
-        model,
-        torch.tensor(last, dtype=torch.long, device=device)[:, None],
-        mask_BL,
-        torch.tensor(ends, dtype=torch.long, device=device)[:, None],
-        cache,
-        budgets=[max_tokens - len(ids) for _, ids in sofar],
-        eos_ids=eos_ids,
-    )
+    layers.batch_select_indices(torch.tensor(list(indices), device=device))
+    mask_BC = torch.zeros((len(rows), layers.get_seq_length()), dtype=torch.long, device=device)
+    for b, row in enumerate(rows):
+        mask_BC[b, : row.position] = 1
+    decode_on(model, cache, mask_BC, rows, eos_ids=eos_ids)
 
 
 @attrs.frozen
@@ -262,6 +233,18 @@ def _forced(
     return rows, cache
 
 
+def _last_position(ids_BL: torch.Tensor) -> torch.Tensor:
+    """``logits_to_keep`` for the last position only, as an index rather than ``1``.
+
+    transformers applies an integer ``logits_to_keep`` as a slice of the hidden
+    states, which is not contiguous when more than one position was run; a bfloat16
+    linear layer on such an input goes through a batched matmul that copies the
+    whole LM head (80 ms on the bundled model, against 4 ms for the head itself).
+    An index gathers a contiguous ``[B, 1, H]`` instead.
+    """
+    return torch.tensor([ids_BL.shape[1] - 1], device=ids_BL.device)
+
+
 def _padded(
     parts: Sequence[Sequence[int]], shared: int, *, pad_id: int, device: str, left: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,6 +284,6 @@ def _prefix_cache(
     if len(prompts) < 2 or shared < _MIN_SHARED:
         return keyword, 0
     prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
-    model(input_ids=prefix, use_cache=True, logits_to_keep=1, **keyword)
+    model(input_ids=prefix, use_cache=True, logits_to_keep=_last_position(prefix), **keyword)
     cache.batch_repeat_interleave(len(prompts))
     return keyword, shared

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from claas.config import Settings
 from claas.errors import InvalidRequest
+from claas.inference._bf16_weights import BFloat16Weights
 from claas.inference._lora_slots import LoraSlots
 from claas.inference.base import (
     Generation,
@@ -52,6 +53,10 @@ class LocalInference:
     Attributes:
         autocast: Whether it computes under bfloat16 autocast, resolved from
             ``settings.autocast`` for its device.
+        check_autocast: The same for the batched greedy checks (``answer_batch``,
+            ``score_batch``, ``answer_batch_from_drafts``: the guard's); where it
+            is on and chats decode in float32, they run with bfloat16 copies of
+            the frozen linear weights (``_bf16_weights``).
     """
 
     name = "local"
@@ -63,6 +68,8 @@ class LocalInference:
         self._lock = threading.RLock()
         self._device = resolve_device(settings.device)
         self.autocast = autocast_choice(settings.autocast, self._device, purpose="inference")
+        self.check_autocast = autocast_choice(settings.autocast, self._device, purpose="checks")
+        self._bf16 = BFloat16Weights()
         self._slots = LoraSlots(self._base, settings.adapter_cache_size, self._device)
 
     @property
@@ -101,8 +108,19 @@ class LocalInference:
                         yield peft
                 return
             name = self._slots.load(adapter)
-            self._slots.model.set_adapter(name)
+            if self._slots.model.active_adapter != name:  # set_adapter visits every module
+                self._slots.model.set_adapter(name)
             yield self._slots.model
+
+    @contextlib.contextmanager
+    def _checking(self, adapter: AdapterVersion | None) -> Iterator[Any]:
+        """:meth:`_using`, with bfloat16 linear weights where checks compute in bfloat16."""
+        with self._using(adapter) as model:
+            if not self.check_autocast.enabled:
+                yield model
+                return
+            with self._bf16.swapped_in(model):
+                yield model
 
     def publish(self, version: AdapterVersion) -> None:
         """Load ``version`` now so the next chat is served by it without delay.
@@ -122,6 +140,7 @@ class LocalInference:
         with self._lock:
             self._model = None
             self._slots.clear()
+            self._bf16 = BFloat16Weights()
 
     def _check_prompt(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
         check_generation_limits(self.settings, sampling, prompt_ids)
@@ -199,7 +218,7 @@ class LocalInference:
         from claas.inference._decode import eos_token_ids
 
         eos_ids = eos_token_ids(self.tokenizer, self._base())
-        with self._using(adapter) as model:
+        with self._checking(adapter) as model:
             return greedy_batch(
                 model,
                 prompts,
@@ -207,7 +226,7 @@ class LocalInference:
                 eos_ids=eos_ids,
                 pad_id=self._pad_id(),
                 device=self._device,
-                autocast=self.autocast.enabled,
+                autocast=self.check_autocast.enabled,
             )
 
     def score_batch(
@@ -219,13 +238,13 @@ class LocalInference:
         """Logprobs of several (prompt, response) pairs in one forward pass."""
         from claas.inference._batch_decode import score_batch
 
-        with self._using(adapter) as model:
+        with self._checking(adapter) as model:
             return score_batch(
                 model,
                 pairs,
                 pad_id=self._pad_id(),
                 device=self._device,
-                autocast=self.autocast.enabled,
+                autocast=self.check_autocast.enabled,
             )
 
     def answer_batch_from_drafts(
@@ -235,17 +254,20 @@ class LocalInference:
         *,
         adapter: AdapterVersion | None,
         max_tokens: int,
+        lookup: Sequence[Sequence[Sequence[int]]] = (),
     ) -> list[tuple[list[int], list[float]]]:
         """:meth:`answer_batch`, checking a draft answer per prompt before decoding.
 
         Where a draft is the adapter's own greedy answer it is taken after one
-        scoring pass; elsewhere decoding goes on from the first token that differs.
+        scoring pass; elsewhere decoding goes on from the first token that differs,
+        guessing ahead from the draft, from ``lookup`` (other known answers per
+        prompt) and from the prompt.
         """
         from claas.inference._batch_decode import greedy_from_drafts
         from claas.inference._decode import eos_token_ids
 
         eos_ids = eos_token_ids(self.tokenizer, self._base())
-        with self._using(adapter) as model:
+        with self._checking(adapter) as model:
             return greedy_from_drafts(
                 model,
                 prompts,
@@ -254,7 +276,8 @@ class LocalInference:
                 eos_ids=eos_ids,
                 pad_id=self._pad_id(),
                 device=self._device,
-                autocast=self.autocast.enabled,
+                autocast=self.check_autocast.enabled,
+                lookup=lookup,
             )
 
     def _pad_id(self) -> int:
