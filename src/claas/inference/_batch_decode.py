@@ -118,7 +118,7 @@ def greedy_from_drafts(
     """
     pairs = [(p, d[:max_tokens]) for p, d in zip(prompts, drafts, strict=True)]
     with torch.inference_mode(), autocast_context(device, autocast):
-        checked, cache = _forced(model, pairs, pad_id=pad_id, device=device)
+        checked, packed = _forced(model, pairs, pad_id=pad_id, device=device)
         rows: list[Row] = []
         for row, ((prompt, draft), found) in enumerate(zip(pairs, checked, strict=True)):
             ids, logprobs = list(draft[: found.agreed]), found.logprobs[: found.agreed]
@@ -140,29 +140,28 @@ def greedy_from_drafts(
         pending = [b for b, row in enumerate(rows) if not (row.done or len(row.ids) >= max_tokens)]
         if pending:
             chosen = [rows[b] for b in pending]
-            _decode_after_drafts(model, cache, chosen, pending, eos_ids=eos_ids, device=device)
+            _decode_after_drafts(model, packed, chosen, pending, eos_ids=eos_ids, device=device)
     return [(row.ids, row.logprobs) for row in rows]
 
 
 def _decode_after_drafts(
     model: Any,
-    cache: dict[str, Any],
+    packed: _Packed,
     rows: list[Row],
     indices: Sequence[int],
     *,
     eos_ids: frozenset[int],
     device: str,
 ) -> None:
-    """Decode on ``rows`` (rows ``indices`` of a :func:`_forced` cache).
+    """Decode on ``rows`` (rows ``indices`` of a :func:`_forced` pass).
 
-    The cache holds every row's prompt and draft (right-padded, so a column is
-    a position). Each row's last token so far is fed again at its own
-    position, and the columns from that position on (the draft tokens the model
-    did not keep, or padding) are masked out.
+    Their cache holds each row's prompt and draft (a column is a position). Each
+    row's last token so far is fed again at its own position, and the columns from
+    that position on (the draft tokens the model did not keep, or padding) are
+    masked out.
     """
-    layers = next(iter(cache.values()))
-    layers.batch_select_indices(torch.tensor(list(indices), device=device))
-    mask_BC = torch.zeros((len(rows), layers.get_seq_length()), dtype=torch.long, device=device)
+    cache, width = packed.unpacked(indices, device)
+    mask_BC = torch.zeros((len(rows), width), dtype=torch.long, device=device)
     for b, row in enumerate(rows):
         mask_BC[b, : row.position] = 1
     decode_on(model, cache, mask_BC, rows, eos_ids=eos_ids)
@@ -195,33 +194,35 @@ def _forced(
     *,
     pad_id: int,
     device: str,
-) -> tuple[list[_Forced], dict[str, Any]]:
-    """Score every pair in one right-padded pass; also its KV cache.
+) -> tuple[list[_Forced], _Packed]:
+    """Score every pair in one packed pass; also that pass's KV cache.
 
-    A response's last token is predicted but never read, so it is not run: the cache
-    holds each row's prompt and its response but for that last token.
+    The prompts' shared prefix and then each row's rest of prompt and response run
+    as one sequence, each row attending to the prefix and to itself only (a 4-D
+    mask), so no position is padding and the prefix is not a pass of its own. A
+    response's last token is predicted but never read, so it is not run.
     """
     prompts = [p for p, _ in pairs]
-    cache, shared = _prefix_cache(model, prompts, device=device)
-    rest = [[*p[shared:], *r[:-1]] for p, r in pairs]  # right-padded: positions run on
-    ids_BL, mask_BL = _padded(rest, shared, pad_id=pad_id, device=device, left=False)
-    width = ids_BL.shape[1]
-    # Logits are read from the last prompt token on; the head runs on that span only.
-    first = min(len(p) - shared for p in prompts) - 1
-    last = max(len(part) for part in rest)
-    positions_L = torch.arange(shared, shared + width, device=device)
+    shared = _shared(prompts)
+    packed = _Packed.of(prompts, [[*p[shared:], *r[:-1]] for p, r in pairs], _cache_keyword(model))
+    wanted = [
+        range(start + len(p) - packed.shared - 1, start + len(p) - packed.shared - 1 + len(r))
+        for start, (p, r) in zip(packed.starts, pairs, strict=True)
+    ]
+    keep = torch.tensor([i for span in wanted for i in span], dtype=torch.long)
     out = model(
-        input_ids=ids_BL,
-        attention_mask=mask_BL,
-        position_ids=positions_L.expand(len(pairs), -1),
+        input_ids=packed.ids[None].to(device),
+        attention_mask=packed.mask()[None, None].to(device),
+        position_ids=packed.positions[None].to(device),
         use_cache=True,
-        logits_to_keep=torch.arange(first, last, device=device),
-        **cache,
+        logits_to_keep=keep.to(device),
+        **packed.cache,
     )
     rows = []
-    for row, (prompt, response) in enumerate(pairs):
-        start = len(prompt) - shared - 1 - first  # the logit predicting the first response token
-        logp_TV = torch.log_softmax(out.logits[row, start : start + len(response)].float(), dim=-1)
+    read = 0
+    for (_, response), span in zip(pairs, wanted, strict=True):
+        logp_TV = torch.log_softmax(out.logits[0, read : read + len(span)].float(), dim=-1)
+        read += len(span)
         ids_T = torch.tensor(list(response), dtype=torch.long, device=device)
         picked = logp_TV.gather(-1, ids_T[:, None])[:, 0]
         best_T, greedy_T = logp_TV.max(dim=-1)
@@ -230,7 +231,76 @@ def _forced(
         if agreed < len(response):
             own = (int(greedy_T[agreed]), float(best_T[agreed]))
         rows.append(_Forced(logprobs=[float(x) for x in picked], agreed=agreed, own=own))
-    return rows, cache
+    return rows, packed
+
+
+@attrs.frozen
+class _Packed:
+    """Several rows that share a prefix, laid out as one sequence (see :func:`_forced`)."""
+
+    ids: torch.Tensor  # [L]: the prefix, then every row's own tokens
+    positions: torch.Tensor  # [L]: each token's position in its own row
+    row_of: torch.Tensor  # [L]: the row a token belongs to, -1 for the prefix
+    shared: int
+    starts: list[int]  # where each row's own tokens begin
+    lengths: list[int]
+    keyword: str  # the model's name for its cache argument
+    cache: dict[str, Any]  # filled by the forward pass
+
+    @classmethod
+    def of(
+        cls, prompts: Sequence[Sequence[int]], parts: Sequence[Sequence[int]], keyword: str
+    ) -> _Packed:
+        from transformers.cache_utils import DynamicCache
+
+        shared = _shared(prompts)
+        ids, positions = list(prompts[0][:shared]), list(range(shared))
+        row_of, starts = [-1] * shared, []
+        for row, part in enumerate(parts):
+            starts.append(len(ids))
+            ids.extend(part)
+            positions.extend(range(shared, shared + len(part)))
+            row_of.extend([row] * len(part))
+        return cls(
+            ids=torch.tensor(ids, dtype=torch.long),
+            positions=torch.tensor(positions, dtype=torch.long),
+            row_of=torch.tensor(row_of, dtype=torch.long),
+            shared=shared,
+            starts=starts,
+            lengths=[len(part) for part in parts],
+            keyword=keyword,
+            cache={keyword: DynamicCache()},
+        )
+
+    def mask(self) -> torch.Tensor:
+        """``[L, L]``: causal, and a row's tokens see the prefix and their own row only."""
+        index = torch.arange(len(self.ids))
+        causal = index[None, :] <= index[:, None]
+        visible = (self.row_of[None, :] == -1) | (self.row_of[None, :] == self.row_of[:, None])
+        return causal & visible
+
+    def unpacked(self, rows: Sequence[int], device: str) -> tuple[dict[str, Any], int]:
+        """A batched cache of ``rows`` (prefix and own tokens, right-padded), and its width.
+
+        In it a row's column is its position, as in a cache of right-padded rows.
+        """
+        from transformers.cache_utils import DynamicCache
+
+        width = self.shared + max(self.lengths[r] for r in rows)
+        index_RW = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        for b, row in enumerate(rows):
+            start, length = self.starts[row], self.lengths[row]
+            index_RW[b, : self.shared] = torch.arange(self.shared)
+            index_RW[b, self.shared : self.shared + length] = torch.arange(start, start + length)
+        packed = next(iter(self.cache.values()))
+        layers = [
+            (
+                layer.keys[0][:, index_RW].transpose(0, 1),
+                layer.values[0][:, index_RW].transpose(0, 1),
+            )
+            for layer in packed.layers
+        ]
+        return {self.keyword: DynamicCache(layers)}, width
 
 
 def _last_position(ids_BL: torch.Tensor) -> torch.Tensor:
@@ -268,22 +338,30 @@ def _prefix_cache(
 ) -> tuple[dict[str, Any], int]:
     """The KV cache of the prompts' shared prefix, repeated per row, and its length.
 
-    The prefix stops one token before the shortest prompt ends, so every row still
-    runs its last prompt token (whose logits predict the first answer token).
-    Returns an empty cache (and 0) when the shared part is too short to be worth
-    its own pass.
+    The prefix is :func:`_shared`. Returns an empty cache (and 0) when the shared
+    part is too short to be worth its own pass.
     """
     from transformers.cache_utils import DynamicCache
 
     cache = DynamicCache()
     keyword = {_cache_keyword(model): cache}
-    limit = min(len(p) for p in prompts) - 1
-    shared = 0
-    while shared < limit and all(p[shared] == prompts[0][shared] for p in prompts):
-        shared += 1
+    shared = _shared(prompts)
     if len(prompts) < 2 or shared < _MIN_SHARED:
         return keyword, 0
     prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
     model(input_ids=prefix, use_cache=True, logits_to_keep=_last_position(prefix), **keyword)
     cache.batch_repeat_interleave(len(prompts))
     return keyword, shared
+
+
+def _shared(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens the prompts share, stopping one before the shortest ends.
+
+    Every row then still runs its last prompt token, whose logits predict its first
+    answer token.
+    """
+    limit = min(len(p) for p in prompts) - 1
+    shared = 0
+    while shared < limit and all(p[shared] == prompts[0][shared] for p in prompts):
+        shared += 1
+    return shared
