@@ -5,16 +5,19 @@ test, in float64 so that batching cannot flip a near-tie) runs each path of
 :func:`greedy_from_drafts`: drafts kept whole, empty drafts, drafts the model leaves
 part-way (decoded on from the scoring pass's cache), drafts that stop short of the
 length limit without an end of turn, and prompts of different lengths behind a
-shared prefix.
+shared prefix; guesses from known answers (prompt lookup) change no answer and
+save passes; the packed scoring pass's own attention gives what its 4-D mask gives.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 from tiny_llama import VOCAB, tiny_llama
 from transformers import LlamaForCausalLM
 
 from claas.inference._batch_decode import greedy_batch, greedy_from_drafts, score_batch
+from claas.inference._packed_attention import install_packed_attention
 
 PAD = 0
 SHARED = list(range(10, 22))  # longer than the shortest prefix worth its own pass
@@ -147,3 +150,23 @@ def test_guesses_from_known_answers_keep_the_answer_and_save_passes(
     longest = max(len(ids) for ids in truth)
     assert plain.passes >= longest  # one decoding pass per token after the first
     assert guessing.passes <= 3, guessing.passes  # the scoring pass and one or two guesses
+
+
+def test_packed_attention_gives_what_the_packed_mask_gives(model: LlamaForCausalLM) -> None:
+    packed = tiny_llama(seed=0).double()
+    assert install_packed_attention(packed)
+    prompts = _prompts()
+    prompts[2] = [99 % VOCAB, *prompts[2]]  # no shared prefix for this call
+    eos = _eos(model, prompts)
+    truth = [ids for ids, _ in _answers(model, _prompts(), [[] for _ in prompts], eos)]
+    pairs = list(zip(_prompts(), truth, strict=True))
+    for rows in (pairs, list(zip(prompts, truth, strict=True))):  # with and without a prefix
+        want = score_batch(model, rows, pad_id=PAD, device="cpu")
+        got = score_batch(packed, rows, pad_id=PAD, device="cpu")
+        for got_row, want_row in zip(got, want, strict=True):
+            assert got_row == pytest.approx(want_row, abs=1e-9)
+    departed = [_changed_at(ids, len(ids) // 2) for ids in truth]
+    _same(_answers(packed, _prompts(), departed, eos), _answers(model, _prompts(), departed, eos))
+    # Chats and every other pass go through transformers' own attention.
+    ids = torch.tensor([_prompts()[1]])
+    assert torch.equal(packed(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -27,6 +27,7 @@ import torch
 
 from claas.inference._decode import _cache_keyword
 from claas.inference._lookup_decode import Row, decode_on
+from claas.inference._packed_attention import KEYWORD, Segments
 from claas.models import autocast_context
 
 __all__ = ["greedy_batch", "greedy_from_drafts", "score_batch"]
@@ -216,6 +217,7 @@ def _forced(
         position_ids=packed.positions[None].to(device),
         use_cache=True,
         logits_to_keep=keep.to(device),
+        **{KEYWORD: Segments.of(packed.shared, packed.starts, packed.lengths, device)},
         **packed.cache,
     )
     rows = []

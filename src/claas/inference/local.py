@@ -18,6 +18,7 @@ from claas.config import Settings
 from claas.errors import InvalidRequest
 from claas.inference._bf16_weights import BFloat16Weights
 from claas.inference._lora_slots import LoraSlots
+from claas.inference._packed_attention import install_packed_attention
 from claas.inference.base import (
     Generation,
     StreamDelta,
@@ -92,6 +93,7 @@ class LocalInference:
                 dtype=self.settings.dtype,
                 autocast=self.autocast.enabled,
             )
+            install_packed_attention(self._model)
         return self._model
 
     @contextlib.contextmanager
