@@ -1,12 +1,14 @@
 """The guard inside the update pipeline: judge a saved candidate, then let it go live or not.
 
-Kept apart from :mod:`claas._updates` so the pipeline only asks two questions
-(is the guard on; what is this candidate's verdict) and the store holds the
+Kept apart from :mod:`claas._updates` so the pipeline only asks the guard to load a
+saved candidate where it will be asked, and then for its verdict; the store holds the
 answer: the verdict file beside the version's manifest, and ``LATEST`` moved
 only for a candidate that passed.
 """
 
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 from claas._components import Components
 from claas.config import Settings
@@ -15,7 +17,16 @@ from claas.guard.gate import Gate
 from claas.storage import AdapterStore
 from claas.types import AdapterVersion, FeedbackResult
 
-__all__ = ["Guarding", "Rejected"]
+__all__ = ["CandidateLoader", "Guarding", "Rejected"]
+
+
+@runtime_checkable
+class CandidateLoader(Protocol):
+    """An inference backend that can load a version before it is live (local inference)."""
+
+    def prepare(self, version: AdapterVersion) -> None:
+        """Load ``version`` beside the live one, superseding nothing."""
+        ...
 
 
 class Rejected(UpdateRejected):
@@ -39,6 +50,17 @@ class Guarding:
     def enabled(self) -> bool:
         """Whether candidates wait for a verdict (``guard.mode`` is not ``off``)."""
         return self._settings.guard.mode != "off"
+
+    def prepare(self, candidate: AdapterVersion) -> None:
+        """Load a saved candidate into the inference backend, if the guard will ask it.
+
+        Serving it needs that load whether or not a guard runs (with the guard off,
+        publishing does it), so the pipeline times it as ``load_seconds``, apart from
+        the guard's own ``guard_seconds``.
+        """
+        backend = self._parts.inference
+        if self.enabled and isinstance(backend, CandidateLoader):
+            backend.prepare(candidate)
 
     def judge(self, parent: AdapterVersion, candidate: AdapterVersion) -> AdapterVersion:
         """Judge a saved candidate; it goes live if it passes. Returns it with its verdict."""

@@ -336,6 +336,8 @@ class Updates:
             retained = self._store.versions(adapter_id)
             version = self._save(parent, work, config, feedback_ids, result, fence)
         saved = time.time()
+        self.guarding.prepare(version)
+        loaded = time.time()
         version = self.guarding.judge(parent, version)
         judged = time.time()
         publish_error = None if version.rejected else self._go_live(version)
@@ -347,7 +349,8 @@ class Updates:
             "queue_seconds": started - accepted,
             "train_seconds": trained - started,
             "save_seconds": saved - trained,
-            "guard_seconds": judged - saved,
+            "load_seconds": loaded - saved,
+            "guard_seconds": judged - loaded,
             "publish_seconds": done - judged,
             "total_seconds": done - accepted,
         }

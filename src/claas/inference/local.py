@@ -132,6 +132,13 @@ class LocalInference:
         with self._lock:
             self._slots.load(version, supersedes=True)
 
+    def prepare(self, version: AdapterVersion) -> None:
+        """Load ``version`` into a slot of its own, superseding nothing (a candidate
+        not live yet, such as the guard's); its first answers then need no load, and
+        if it goes live :meth:`publish` finds it loaded."""
+        with self._lock:
+            self._slots.load(version)
+
     def retire(self, adapter_id: str) -> None:
         """Unload every cached version of ``adapter_id`` (their slots are reused first)."""
         with self._lock:
