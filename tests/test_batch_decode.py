@@ -52,7 +52,7 @@ def _answers(
     max_tokens: int = 10,
 ) -> Answers:
     return greedy_from_drafts(
-        model, prompts, drafts, max_tokens=max_tokens, eos_ids=eos, pad_id=PAD, device="cpu"
+        model, prompts, drafts, max_tokens=max_tokens, eos_ids=eos, device="cpu"
     )
 
 
@@ -98,9 +98,9 @@ def test_batched_scores_are_each_pair_scored_alone(model: LlamaForCausalLM) -> N
     prompts = _prompts()
     responses = [[70, 71], [72], [73, 74, 75, 76], []]
     pairs = list(zip(prompts, responses, strict=True))
-    batched = score_batch(model, pairs, pad_id=PAD, device="cpu")
+    batched = score_batch(model, pairs, device="cpu")
     for pair, row in zip(pairs, batched, strict=True):
-        assert row == pytest.approx(score_batch(model, [pair], pad_id=PAD, device="cpu")[0])
+        assert row == pytest.approx(score_batch(model, [pair], device="cpu")[0])
         assert len(row) == len(pair[1])
 
 
@@ -129,9 +129,7 @@ def test_guesses_from_known_answers_keep_the_answer_and_save_passes(
     # Drafts wrong at every token: the answers must be decoded after their first.
     wrong = [[(t + 3) % VOCAB for t in ids] for ids in truth]
     plain, guessing = PassCounter(model), PassCounter(model)
-    alone = greedy_from_drafts(
-        plain, prompts, wrong, max_tokens=10, eos_ids=eos, pad_id=PAD, device="cpu"
-    )
+    alone = greedy_from_drafts(plain, prompts, wrong, max_tokens=10, eos_ids=eos, device="cpu")
     # Known earlier answers, one of them the true one (a version the answer returns
     # to) after a wrong one: guessing from them must not change the answer.
     known = [[w[1:], t] for w, t in zip(wrong, truth, strict=True)]
@@ -141,7 +139,6 @@ def test_guesses_from_known_answers_keep_the_answer_and_save_passes(
         wrong,
         max_tokens=10,
         eos_ids=eos,
-        pad_id=PAD,
         device="cpu",
         lookup=known,
     )
@@ -161,8 +158,8 @@ def test_packed_attention_gives_what_the_packed_mask_gives(model: LlamaForCausal
     truth = [ids for ids, _ in _answers(model, _prompts(), [[] for _ in prompts], eos)]
     pairs = list(zip(_prompts(), truth, strict=True))
     for rows in (pairs, list(zip(prompts, truth, strict=True))):  # with and without a prefix
-        want = score_batch(model, rows, pad_id=PAD, device="cpu")
-        got = score_batch(packed, rows, pad_id=PAD, device="cpu")
+        want = score_batch(model, rows, device="cpu")
+        got = score_batch(packed, rows, device="cpu")
         for got_row, want_row in zip(got, want, strict=True):
             assert got_row == pytest.approx(want_row, abs=1e-9)
     departed = [_changed_at(ids, len(ids) // 2) for ids in truth]

@@ -58,8 +58,10 @@ class Guarding:
         publishing does it), so the pipeline times it as ``load_seconds``, apart from
         the guard's own ``guard_seconds``.
         """
+        if not self.enabled:
+            return  # nothing will ask it (and the backend may not be built yet)
         backend = self._parts.inference
-        if self.enabled and isinstance(backend, CandidateLoader):
+        if isinstance(backend, CandidateLoader):
             backend.prepare(candidate)
 
     def judge(self, parent: AdapterVersion, candidate: AdapterVersion) -> AdapterVersion:

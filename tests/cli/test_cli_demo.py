@@ -48,7 +48,8 @@ def test_demo_json_report(cli: Run, tmp_path: Path) -> None:
     shown = " ".join(result.stderr.split())
     training = autocast_choice("auto", "cpu").describe()
     answering = autocast_choice("auto", "cpu", purpose="inference").describe()
-    assert f"cpu, training {training}, inference {answering}" in shown
+    checking = autocast_choice("auto", "cpu", purpose="checks").describe()
+    assert f"cpu, training {training}, inference {answering}, guard checks {checking}" in shown
 
 
 @pytest.mark.slow

@@ -88,12 +88,11 @@ def score_batch(
     model: Any,
     pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     *,
-    pad_id: int,
     device: str,
     autocast: bool = False,
 ) -> list[list[float]]:
     """Logprob of each response token given its prompt, for every pair in one forward pass."""
-    rows = _score_pairs(model, pairs, pad_id=pad_id, device=device, autocast=autocast)
+    rows = _score_pairs(model, pairs, device=device, autocast=autocast)
     return [row.logprobs for row in rows]
 
 
@@ -104,7 +103,6 @@ def greedy_from_drafts(
     *,
     max_tokens: int,
     eos_ids: frozenset[int],
-    pad_id: int,
     device: str,
     autocast: bool = False,
     lookup: Sequence[Sequence[Sequence[int]]] = (),
@@ -119,7 +117,7 @@ def greedy_from_drafts(
     """
     pairs = [(p, d[:max_tokens]) for p, d in zip(prompts, drafts, strict=True)]
     with torch.inference_mode(), autocast_context(device, autocast):
-        checked, packed = _forced(model, pairs, pad_id=pad_id, device=device)
+        checked, packed = _forced(model, pairs, device=device)
         rows: list[Row] = []
         for row, ((prompt, draft), found) in enumerate(zip(pairs, checked, strict=True)):
             ids, logprobs = list(draft[: found.agreed]), found.logprobs[: found.agreed]
@@ -181,19 +179,17 @@ def _score_pairs(
     model: Any,
     pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     *,
-    pad_id: int,
     device: str,
     autocast: bool,
 ) -> list[_Forced]:
     with torch.inference_mode(), autocast_context(device, autocast):
-        return _forced(model, pairs, pad_id=pad_id, device=device)[0]
+        return _forced(model, pairs, device=device)[0]
 
 
 def _forced(
     model: Any,
     pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     *,
-    pad_id: int,
     device: str,
 ) -> tuple[list[_Forced], _Packed]:
     """Score every pair in one packed pass; also that pass's KV cache.

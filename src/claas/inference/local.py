@@ -251,7 +251,6 @@ class LocalInference:
             return score_batch(
                 model,
                 pairs,
-                pad_id=self._pad_id(),
                 device=self._device,
                 autocast=self.check_autocast.enabled,
             )
@@ -283,7 +282,6 @@ class LocalInference:
                 drafts,
                 max_tokens=max_tokens,
                 eos_ids=eos_ids,
-                pad_id=self._pad_id(),
                 device=self._device,
                 autocast=self.check_autocast.enabled,
                 lookup=lookup,

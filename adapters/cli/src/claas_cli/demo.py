@@ -41,7 +41,8 @@ def demo(
         device = resolve_device(settings.device)
         training = autocast_choice(settings.autocast, device).describe()
         answering = autocast_choice(settings.autocast, device, purpose="inference").describe()
-        precision = f"training {training}, inference {answering}"
+        checking = autocast_choice(settings.autocast, device, purpose="checks").describe()
+        precision = f"training {training}, inference {answering}, guard checks {checking}"
         console.print(
             f"[bold]CLaaS demo[/] on {escape(settings.base_model)}, {device}, "
             f"{escape(precision)} (data: {escape(str(settings.data_dir))})"
