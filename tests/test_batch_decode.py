@@ -118,6 +118,10 @@ class PassCounter:
     def get_base_model(self) -> LlamaForCausalLM:  # what the cache-keyword lookup reads
         return self.model
 
+    @property
+    def config(self) -> object:  # which attention, hence which mask form
+        return self.model.config
+
 
 def test_guesses_from_known_answers_keep_the_answer_and_save_passes(
     model: LlamaForCausalLM,
@@ -167,3 +171,17 @@ def test_packed_attention_gives_what_the_packed_mask_gives(model: LlamaForCausal
     # Chats and every other pass go through transformers' own attention.
     ids = torch.tensor([_prompts()[1]])
     assert torch.equal(packed(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_an_eager_attention_model_scores_the_packed_pass_as_sdpa_does(
+    model: LlamaForCausalLM,
+) -> None:
+    eager = tiny_llama(seed=0).double()
+    eager.set_attn_implementation("eager")
+    prompts = _prompts()
+    eos = _eos(model, prompts)
+    truth = [ids for ids, _ in _answers(model, prompts, [[] for _ in prompts], eos)]
+    pairs = list(zip(prompts, truth, strict=True))
+    want = score_batch(model, pairs, device="cpu")
+    for got_row, want_row in zip(score_batch(eager, pairs, device="cpu"), want, strict=True):
+        assert got_row == pytest.approx(want_row, abs=1e-9)

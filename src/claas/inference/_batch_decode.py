@@ -209,7 +209,7 @@ def _forced(
     keep = torch.tensor([i for span in wanted for i in span], dtype=torch.long)
     out = model(
         input_ids=packed.ids[None].to(device),
-        attention_mask=packed.mask()[None, None].to(device),
+        attention_mask=_as_model_takes(model, packed.mask()[None, None].to(device)),
         position_ids=packed.positions[None].to(device),
         use_cache=True,
         logits_to_keep=keep.to(device),
@@ -299,6 +299,17 @@ class _Packed:
             for layer in packed.layers
         ]
         return {self.keyword: DynamicCache(layers)}, width
+
+
+def _as_model_takes(model: Any, allowed: torch.Tensor) -> torch.Tensor:
+    """A boolean 4-D mask as the model's attention takes it: as it is for ``sdpa`` and
+    the attentions built on it; for ``eager``, which adds the mask to its scores, as
+    0 where allowed and the dtype's lowest value elsewhere."""
+    if model.config._attn_implementation != "eager":
+        return allowed
+    dtype = model.get_input_embeddings().weight.dtype
+    blocked = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return blocked.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def _last_position(ids_BL: torch.Tensor) -> torch.Tensor:
