@@ -118,21 +118,25 @@ def parse_api_keys(value: str) -> dict[str, Any]:
 
 
 def check_template(field: str, value: Any) -> None:
-    """Refuse a hindsight template that is not ``None`` or a format string of
-    exactly the fields ``{content}`` and ``{feedback}``.
+    """Refuse a hindsight template that is not ``None`` or a format string of the
+    fields ``{content}`` and ``{feedback}``, and optionally ``{response}`` (the answer
+    the feedback is about), and no others.
 
     Raises:
         InvalidConfig: Naming ``field``, the value and the rule.
     """
     if value is None:
         return
-    rule = "must be a format string using exactly the fields {content} and {feedback}"
+    rule = (
+        "must be a format string using the fields {content} and {feedback} "
+        "(and optionally {response}), and no others"
+    )
     if not isinstance(value, str):
         raise error(field, value, rule)
     try:
         fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-        value.format(content="", feedback="")
+        value.format(content="", feedback="", response="")
     except (ValueError, KeyError, IndexError) as exc:
         raise error(field, value, f"{rule} ({exc})") from exc
-    if fields != {"content", "feedback"}:
+    if fields not in ({"content", "feedback"}, {"content", "feedback", "response"}):
         raise error(field, value, rule)

@@ -334,7 +334,8 @@ class Settings:
             student and teacher alike.
         teacher_template: How the feedback is shown to the teacher: a format
             string that replaces the last user turn, with the fields
-            ``{content}`` (that turn's text) and ``{feedback}``; ``None`` uses
+            ``{content}`` (that turn's text) and ``{feedback}``, and optionally
+            ``{response}`` (the answer the feedback is about); ``None`` uses
             :data:`claas.teacher.HINDSIGHT_TEMPLATE`.
         keep_versions: Versions retained per adapter (the live one always is).
         adapter_cache_size: Adapter versions kept loaded for inference.

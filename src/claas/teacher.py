@@ -12,6 +12,7 @@ This module tokenizes but never calls a model.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -30,6 +31,7 @@ __all__ = [
     "build_sample",
     "build_sample_from_text",
     "encode_chat",
+    "shows_response",
     "teacher_messages",
 ]
 
@@ -96,22 +98,42 @@ def _check_feedback(feedback: str) -> str:
 
 
 def teacher_messages(
-    messages: Sequence[ChatMessage], feedback: str, *, template: str = HINDSIGHT_TEMPLATE
+    messages: Sequence[ChatMessage],
+    feedback: str,
+    *,
+    template: str = HINDSIGHT_TEMPLATE,
+    response: str | None = None,
 ) -> tuple[ChatMessage, ...]:
     """The conversation the teacher sees: the feedback appended to the last user turn.
 
+    Args:
+        messages: The conversation the answer was given in.
+        feedback: What the user said about the answer.
+        template: The hindsight template; its optional ``{response}`` field is the
+            answer the feedback is about, as the user saw it.
+        response: That answer (needed by a template with ``{response}``).
+
     Raises:
-        InvalidRequest: If the feedback is empty or there is no user turn.
+        InvalidRequest: If the feedback is empty, there is no user turn, or the
+            template shows the answer and none was given.
     """
     feedback = _check_feedback(feedback)
     last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
     if last_user is None:
         raise InvalidRequest("the conversation has no user turn to attach feedback to")
+    if response is None and shows_response(template):
+        raise InvalidRequest("this teacher template shows the answer ({response}): pass response")
     turn = messages[last_user]
     hinted = ChatMessage(
-        role="user", content=template.format(content=turn.content, feedback=feedback)
+        role="user",
+        content=template.format(content=turn.content, feedback=feedback, response=response),
     )
     return (*messages[:last_user], hinted, *messages[last_user + 1 :])
+
+
+def shows_response(template: str) -> bool:
+    """Whether a hindsight template has the ``{response}`` field (the answer judged)."""
+    return any(name == "response" for _, name, _, _ in string.Formatter().parse(template))
 
 
 def encode_chat(
@@ -156,7 +178,9 @@ def build_sample(
     """
     if not completion.response_ids:
         raise InvalidRequest(f"completion {completion.id} has no response tokens to learn from")
-    hinted = teacher_messages(completion.messages, feedback, template=template)
+    hinted = teacher_messages(
+        completion.messages, feedback, template=template, response=completion.text
+    )
     teacher_prompt = encode_chat(tokenizer, hinted, thinking=completion.thinking)
     return _assemble(
         list(completion.prompt_ids),
@@ -191,7 +215,7 @@ def build_sample_from_text(
     if tokenizer.eos_token_id is not None:
         response_ids.append(int(tokenizer.eos_token_id))
     student_prompt = encode_chat(tokenizer, messages, thinking=thinking)
-    hinted = teacher_messages(messages, feedback, template=template)
+    hinted = teacher_messages(messages, feedback, template=template, response=response)
     teacher_prompt = encode_chat(tokenizer, hinted, thinking=thinking)
     return _assemble(student_prompt, teacher_prompt, response_ids, None, feedback, max_tokens)
 
