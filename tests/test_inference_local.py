@@ -76,3 +76,15 @@ def test_generate_protocol_directly(shared_learner: Learner) -> None:
         (ChatMessage("user", "Say hi."),), adapter=None, sampling=SamplingParams(max_tokens=4)
     )
     assert 1 <= len(generation.response_ids) <= 4
+
+
+def test_decoding_runs_the_lm_head_on_the_last_position_only(shared_learner: Learner) -> None:
+    head = shared_learner.inference._base().get_output_embeddings()
+    positions: list[int] = []
+    hook = head.register_forward_hook(lambda _m, args, _out: positions.append(args[0].shape[1]))
+    try:
+        completion = shared_learner.chat(None, QUESTION, temperature=0, max_tokens=4)
+    finally:
+        hook.remove()
+    assert len(completion.prompt_ids) > 1
+    assert positions == [1] * len(completion.response_ids)  # the prompt's own logits are not made

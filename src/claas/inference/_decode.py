@@ -109,7 +109,11 @@ def decode_tokens(
     cache = {_cache_keyword(model): DynamicCache()}
     with torch.inference_mode(), autocast_context(device, autocast):
         for _ in range(sampling.max_tokens):
-            out = model(input_ids=inputs, use_cache=True, **cache)
+            # Only the last position's logits are read: the prompt's own would be a
+            # [prompt, vocabulary] matmul and tensor for nothing. An index, not an
+            # int (see _batch_decode._last_position).
+            last = torch.tensor([inputs.shape[1] - 1], device=device)
+            out = model(input_ids=inputs, use_cache=True, logits_to_keep=last, **cache)
             logits = out.logits[0, -1].float()
             logp = torch.log_softmax(logits, dim=-1)
             token = sample_token(logits, sampling, generator)
