@@ -10,7 +10,7 @@ attends to the prefix and to its own row, then scattered back.
 
 Registered with transformers as ``claas_packed``. Any call without a
 :class:`Segments` layout (chats, every other pass), or with a feature this does
-not handle (sliding windows, soft-capping, sinks), goes to transformers' own
+not handle (dropout, sliding windows, soft-capping, sinks), goes to transformers' own
 ``sdpa`` attention with the mask it was given, so installing it changes nothing
 else.
 """
@@ -98,7 +98,7 @@ def _attention(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     segments = kwargs.pop(KEYWORD, None)
-    unhandled = any(kwargs.get(name) is not None for name in _UNHANDLED)
+    unhandled = kwargs.get("dropout") or any(kwargs.get(n) is not None for n in _UNHANDLED)
     if segments is None or unhandled or query.shape[0] != 1 or key.shape[2] != query.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return _packed(segments, query, key, value, kwargs.get("scaling")), None
