@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ATTENTION", "install_attention", "install_lora_forward"]
+__all__ = ["ATTENTION", "install_attention", "install_lora_forward", "use_attention"]
 
 ATTENTION = "claas_sdpa"
 _MARK = "_claas_fast_forward"
@@ -83,7 +83,12 @@ def _lora_linear_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) 
 
 
 def install_attention(model: Any) -> None:
-    """Run ``model``'s attention through :func:`_attention` (registered as ``claas_sdpa``).
+    """Run ``model``'s attention through :func:`_attention` (registered as ``claas_sdpa``)."""
+    use_attention(model, ATTENTION, _attention)
+
+
+def use_attention(model: Any, name: str, forward: Any) -> None:
+    """Register ``forward`` with transformers as attention ``name`` and run ``model`` on it.
 
     Its masks are built as for ``sdpa``. Transformers passes no mask at all to an
     attention without a registered mask builder, which attends to padding and masked
@@ -92,9 +97,9 @@ def install_attention(model: Any) -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(ATTENTION, _attention)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
-    model.set_attn_implementation(ATTENTION)
+    AttentionInterface.register(name, forward)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    model.set_attn_implementation(name)
 
 
 def _attention(

@@ -18,7 +18,8 @@ ms/token in float32 (docs/benchmarks.md), while the update step ran 1.36 times f
 (An AVX512-BF16 CPU without AMX decoded at 31.4 against 43.0 ms/token: it depends on
 the CPU, so float32 stays the safe choice for chats.) The guard's batched checks
 (``purpose="checks"``) run one pass over a few hundred tokens, a matmul-bound shape
-that bfloat16 computes about twice as fast on either CPU. On CUDA ``auto`` covers
+whose matmuls bfloat16 computes several times as fast on either CPU (the whole
+pass about twice as fast on the AVX512-BF16 one). On CUDA ``auto`` covers
 all three. Explicit ``True``/``False`` apply to all of them everywhere.
 
 The CPU is probed once per process.

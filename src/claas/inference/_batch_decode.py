@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import torch
 
-from claas.inference._decode import _cache_keyword
+from claas.inference._decode import _cache_keyword, last_position
 from claas.inference._lookup_decode import Row, decode_on
 from claas.inference._packed_attention import KEYWORD, Segments
 from claas.models import autocast_context
@@ -61,7 +61,7 @@ def greedy_batch(
             attention_mask=mask_BL,
             position_ids=positions_BL,
             use_cache=True,
-            logits_to_keep=_last_position(ids_BL),
+            logits_to_keep=last_position(ids_BL),
             **cache,
         )
         best_B, first_B = torch.log_softmax(out.logits[:, -1].float(), dim=-1).max(dim=-1)
@@ -73,13 +73,12 @@ def greedy_batch(
                 position=len(prompt),
                 budget=max_tokens,
                 sources=[prompt],
+                done=token in eos_ids,
             )
             for prompt, token, logprob in zip(
                 prompts, first_B.tolist(), best_B.tolist(), strict=True
             )
         ]
-        for row in rows:
-            row.done = row.last in eos_ids
         decode_on(model, cache, mask_BL, rows, eos_ids=eos_ids)
     return [(row.ids, row.logprobs) for row in rows]
 
@@ -199,9 +198,7 @@ def _forced(
     mask), so no position is padding and the prefix is not a pass of its own. A
     response's last token is predicted but never read, so it is not run.
     """
-    prompts = [p for p, _ in pairs]
-    shared = _shared(prompts)
-    packed = _Packed.of(prompts, [[*p[shared:], *r[:-1]] for p, r in pairs], _cache_keyword(model))
+    packed = _Packed.of(pairs, _cache_keyword(model), device)
     wanted = [
         range(start + len(p) - packed.shared - 1, start + len(p) - packed.shared - 1 + len(r))
         for start, (p, r) in zip(packed.starts, pairs, strict=True)
@@ -213,7 +210,7 @@ def _forced(
         position_ids=packed.positions[None].to(device),
         use_cache=True,
         logits_to_keep=keep.to(device),
-        **{KEYWORD: Segments.of(packed.shared, packed.starts, packed.lengths, device)},
+        **{KEYWORD: packed.segments},
         **packed.cache,
     )
     rows = []
@@ -239,23 +236,26 @@ class _Packed:
     ids: torch.Tensor  # [L]: the prefix, then every row's own tokens
     positions: torch.Tensor  # [L]: each token's position in its own row
     row_of: torch.Tensor  # [L]: the row a token belongs to, -1 for the prefix
-    shared: int
     starts: list[int]  # where each row's own tokens begin
-    lengths: list[int]
+    segments: Segments  # the same layout, for the packed attention
     keyword: str  # the model's name for its cache argument
     cache: dict[str, Any]  # filled by the forward pass
 
     @classmethod
     def of(
-        cls, prompts: Sequence[Sequence[int]], parts: Sequence[Sequence[int]], keyword: str
+        cls, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], keyword: str, device: str
     ) -> _Packed:
+        """The prompts' shared prefix, then each row's rest of prompt and its response
+        but for the response's last token."""
         from transformers.cache_utils import DynamicCache
 
-        shared = _shared(prompts)
-        ids, positions = list(prompts[0][:shared]), list(range(shared))
-        row_of, starts = [-1] * shared, []
-        for row, part in enumerate(parts):
+        shared = _shared([p for p, _ in pairs])
+        ids, positions = list(pairs[0][0][:shared]), list(range(shared))
+        row_of, starts, lengths = [-1] * shared, [], []
+        for row, (prompt, response) in enumerate(pairs):
+            part = [*prompt[shared:], *response[:-1]]
             starts.append(len(ids))
+            lengths.append(len(part))
             ids.extend(part)
             positions.extend(range(shared, shared + len(part)))
             row_of.extend([row] * len(part))
@@ -263,12 +263,16 @@ class _Packed:
             ids=torch.tensor(ids, dtype=torch.long),
             positions=torch.tensor(positions, dtype=torch.long),
             row_of=torch.tensor(row_of, dtype=torch.long),
-            shared=shared,
             starts=starts,
-            lengths=[len(part) for part in parts],
+            segments=Segments.of(shared, starts, lengths, device),
             keyword=keyword,
             cache={keyword: DynamicCache()},
         )
+
+    @property
+    def shared(self) -> int:
+        """Length of the shared prefix."""
+        return self.segments.prefix
 
     def mask(self) -> torch.Tensor:
         """``[L, L]``: causal, and a row's tokens see the prefix and their own row only."""
@@ -284,12 +288,10 @@ class _Packed:
         """
         from transformers.cache_utils import DynamicCache
 
-        width = self.shared + max(self.lengths[r] for r in rows)
-        index_RW = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-        for b, row in enumerate(rows):
-            start, length = self.starts[row], self.lengths[row]
-            index_RW[b, : self.shared] = torch.arange(self.shared)
-            index_RW[b, self.shared : self.shared + length] = torch.arange(start, start + length)
+        chosen = torch.tensor(list(rows), device=device)
+        own = int(self.segments.valid_BW[chosen].sum(-1).max())
+        prefix_RP = torch.arange(self.shared, device=device).expand(len(rows), -1)
+        index_RW = torch.cat([prefix_RP, self.segments.index_BW[chosen, :own]], dim=-1)
         packed = next(iter(self.cache.values()))
         layers = [
             (
@@ -298,7 +300,7 @@ class _Packed:
             )
             for layer in packed.layers
         ]
-        return {self.keyword: DynamicCache(layers)}, width
+        return {self.keyword: DynamicCache(layers)}, index_RW.shape[1]
 
 
 def _as_model_takes(model: Any, allowed: torch.Tensor) -> torch.Tensor:
@@ -310,18 +312,6 @@ def _as_model_takes(model: Any, allowed: torch.Tensor) -> torch.Tensor:
     dtype = model.get_input_embeddings().weight.dtype
     blocked = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     return blocked.masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-def _last_position(ids_BL: torch.Tensor) -> torch.Tensor:
-    """``logits_to_keep`` for the last position only, as an index rather than ``1``.
-
-    transformers applies an integer ``logits_to_keep`` as a slice of the hidden
-    states, which is not contiguous when more than one position was run; a bfloat16
-    linear layer on such an input goes through a batched matmul that copies the
-    whole LM head (80 ms on the bundled model, against 4 ms for the head itself).
-    An index gathers a contiguous ``[B, 1, H]`` instead.
-    """
-    return torch.tensor([ids_BL.shape[1] - 1], device=ids_BL.device)
 
 
 def _padded(
@@ -358,7 +348,7 @@ def _prefix_cache(
     if len(prompts) < 2 or shared < _MIN_SHARED:
         return keyword, 0
     prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
-    model(input_ids=prefix, use_cache=True, logits_to_keep=_last_position(prefix), **keyword)
+    model(input_ids=prefix, use_cache=True, logits_to_keep=last_position(prefix), **keyword)
     cache.batch_repeat_interleave(len(prompts))
     return keyword, shared
 

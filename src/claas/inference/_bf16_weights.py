@@ -5,11 +5,10 @@ but the guard's batched checks are matmul-bound: one pass over every probe and i
 draft answer runs about 200 tokens through every layer, and bfloat16 matmuls of
 that size run about four times as fast as float32 ones on CPUs that compute them
 natively (420 against 100 GFLOP/s on one AVX512-BF16 core; the whole pass 0.4
-against 0.9 s). Under
-autocast a float32 weight is cast again at every call, which costs more than the
-matmul saves, so the copies are made once, kept beside the float32 weights, and
-put in place of them (``module._parameters``) only while such a check runs, under
-the backend's model lock. LoRA weights are left as they are (float32, as the
+against 0.9 s). Under autocast a float32 weight is cast again at every call, which
+costs more than the matmul saves, so the copies are made once, kept beside the
+float32 weights, and put in place of them (``module._parameters``) only while such
+a check runs, under the backend's model lock. LoRA weights are left as they are (float32, as the
 training engine keeps them).
 
 Written here rather than with ``torch.func.functional_call``: a check makes many

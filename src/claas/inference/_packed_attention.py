@@ -24,6 +24,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
+from claas._fast_forward import use_attention
+
 __all__ = ["KEYWORD", "Segments", "install_packed_attention"]
 
 ATTENTION = "claas_packed"
@@ -33,14 +35,9 @@ _UNHANDLED = ("sliding_window", "softcap", "s_aux")
 
 def install_packed_attention(model: Any) -> bool:
     """Use packed attention in ``model`` if it runs transformers' ``sdpa``; whether it does."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
     if model.config._attn_implementation != "sdpa":
         return False
-    AttentionInterface.register(ATTENTION, _attention)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
-    model.set_attn_implementation(ATTENTION)
+    use_attention(model, ATTENTION, _attention)
     return True
 
 
