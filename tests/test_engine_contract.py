@@ -238,4 +238,7 @@ def test_learner_end_to_end(kit: Kit, tmp_path: Path) -> None:
         assert {v.engine for v in versions} == {kit.engine.name}
         assert learner.chat("t/e2e", question, max_tokens=6, temperature=0).adapter_version == 1
     finally:
-        records.close()  # the engine and backend belong to the module's kit
+        # Not learner.close(): the engine and backend belong to the module's kit. Its job
+        # worker is stopped first, or it polls the closed records until collected.
+        learner._jobs.stop()
+        records.close()

@@ -24,6 +24,7 @@ from claas import (
     Learner,
     LoraSpec,
     MissingDependency,
+    PayloadTooLarge,
     Settings,
     StorageError,
     TrainingError,
@@ -313,6 +314,73 @@ def test_served_logprobs_match_scores(settings: Settings, service: FakeTinkerSer
     assert len(generation.response_ids) == len(generation.response_logprobs) > 0
     scored = backend.score(generation.prompt_ids, generation.response_ids, adapter=None)
     assert scored == pytest.approx(list(generation.response_logprobs), abs=1e-4)
+
+
+class _SentThenWaited:
+    """A sampler whose requests run only when waited for, as the hosted service's futures
+    finish later than they are sent; it records both, in order."""
+
+    def __init__(self, sampler: object) -> None:
+        self.sampler = sampler
+        self.events: list[str] = []
+
+    def _later(self, name: str, *args: object, **kwargs: object) -> object:
+        self.events.append("sent")
+        run = getattr(self.sampler, name)
+        events = self.events
+
+        class Later:
+            def result(self) -> object:
+                events.append("waited")
+                return run(*args, **kwargs).result()
+
+        return Later()
+
+    def sample(self, **kwargs: object) -> object:
+        return self._later("sample", **kwargs)
+
+    def compute_logprobs(self, sequence: object) -> object:
+        return self._later("compute_logprobs", sequence)
+
+
+@pytest.mark.slow
+def test_batched_answers_are_sent_together_and_equal_one_at_a_time(
+    settings: Settings, service: FakeTinkerService
+) -> None:
+    from claas.guard.gate import BatchAnswerer
+    from claas.inference.tinker import TinkerInference
+    from claas.teacher import encode_chat
+    from claas.types import SamplingParams
+
+    backend = TinkerInference(settings, service=service)
+    assert isinstance(backend, BatchAnswerer)  # so the guard asks its probes in one batch
+    questions = ["Name a fruit.", "What is 2 + 2?", "Name a color."]
+    prompts = [encode_chat(backend.tokenizer, [ChatMessage("user", q)]) for q in questions]
+    one_by_one = [
+        backend.generate(
+            [ChatMessage("user", q)],
+            adapter=None,
+            sampling=SamplingParams(max_tokens=6, temperature=0, seed=0),
+        )
+        for q in questions
+    ]
+    recorder = _SentThenWaited(backend._sampler(None))
+    backend._sampler = lambda adapter: recorder  # type: ignore[method-assign]
+    batch = backend.answer_batch(prompts, adapter=None, max_tokens=6)
+    assert recorder.events == ["sent"] * 3 + ["waited"] * 3
+    assert [ids for ids, _ in batch] == [list(g.response_ids) for g in one_by_one]
+    for (_, logprobs), generation in zip(batch, one_by_one, strict=True):
+        assert logprobs == pytest.approx(list(generation.response_logprobs), abs=1e-5)
+    recorder.events.clear()
+    pairs = [(g.prompt_ids, g.response_ids) for g in one_by_one]
+    scores = backend.score_batch(pairs, adapter=None)
+    assert recorder.events == ["sent"] * 3 + ["waited"] * 3
+    for row, generation in zip(scores, one_by_one, strict=True):
+        assert row == pytest.approx(list(generation.response_logprobs), abs=1e-4)
+    too_long = [0] * (settings.max_prompt_tokens + 1)
+    with pytest.raises(PayloadTooLarge):
+        backend.answer_batch([prompts[0], too_long], adapter=None, max_tokens=6)
+    assert recorder.events == ["sent"] * 3 + ["waited"] * 3  # the bad batch sent nothing
 
 
 # ---- live: the real service -----------------------------------------------------------

@@ -308,7 +308,9 @@ class FakeSamplingClient:
                 raise bad_request("num_samples must be >= 1 and topk_prompt_logprobs >= 0")
             tokens = prompt.to_ints()
             with self.service.model.lock:
-                actual, topk = self._prompt_logprobs(tokens, topk_prompt_logprobs)
+                actual, topk = None, None
+                if include_prompt_logprobs or topk_prompt_logprobs:  # a forward pass of its own
+                    actual, topk = self._prompt_logprobs(tokens, topk_prompt_logprobs)
                 seed = sampling_params.seed
                 sequences = [
                     self._sequence(tokens, sampling_params, None if seed is None else seed + i)

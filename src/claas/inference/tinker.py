@@ -104,23 +104,9 @@ class TinkerInference:
         self, prompt_ids: list[int], adapter: AdapterVersion | None, sampling: SamplingParams
     ) -> Generation:
         self._check(prompt_ids, sampling)
-        types = self._tinker.types
-        params = types.SamplingParams(
-            max_tokens=sampling.max_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k if sampling.top_k > 0 else -1,
-            seed=sampling.seed,
-            stop=list(sampling.stop) or None,
-        )
         sampler = self._sampler(adapter)
         with service_call("sampling", BackendUnavailable):
-            response = sampler.sample(
-                prompt=types.ModelInput.from_ints(prompt_ids),
-                num_samples=1,
-                sampling_params=params,
-                topk_sample_logprobs=sampling.top_logprobs,
-            ).result()
+            response = self._submit(sampler, prompt_ids, sampling).result()
             sequence = response.sequences[0]
             ids = [int(t) for t in sequence.tokens]
             logprobs = sequence.logprobs
@@ -139,6 +125,70 @@ class TinkerInference:
             finish_reason="stop" if sequence.stop_reason == "stop" else "length",
             top_logprobs=tops,
         )
+
+    def _submit(self, sampler: Any, prompt_ids: Sequence[int], sampling: SamplingParams) -> Any:
+        """Send one sampling request; returns its future (nothing waits for it here)."""
+        types = self._tinker.types
+        params = types.SamplingParams(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            seed=sampling.seed,
+            stop=list(sampling.stop) or None,
+        )
+        return sampler.sample(
+            prompt=types.ModelInput.from_ints(list(prompt_ids)),
+            num_samples=1,
+            sampling_params=params,
+            topk_sample_logprobs=sampling.top_logprobs,
+        )
+
+    def answer_batch(
+        self, prompts: Sequence[Sequence[int]], *, adapter: AdapterVersion | None, max_tokens: int
+    ) -> list[tuple[list[int], list[float]]]:
+        """Greedy answers to several encoded prompts: token ids and logprobs each.
+
+        Every request is sent before any is waited for, so the service samples them
+        together and a batch (the guard's probes) costs about one round trip, not one
+        per prompt.
+        """
+        greedy = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=0)
+        for prompt in prompts:
+            self._check(list(prompt), greedy)
+        sampler = self._sampler(adapter)
+        with service_call("sampling", BackendUnavailable):
+            futures = [self._submit(sampler, prompt, greedy) for prompt in prompts]
+            sequences = [future.result().sequences[0] for future in futures]
+            answers = [[int(t) for t in sequence.tokens] for sequence in sequences]
+            missing = [
+                (i, self._score_future(sampler, prompts[i], answers[i]))
+                for i, sequence in enumerate(sequences)
+                if sequence.logprobs is None
+            ]
+            logprobs = [sequence.logprobs for sequence in sequences]
+            for i, future in missing:
+                logprobs[i] = self._read_scores(future.result(), len(prompts[i]))
+        return [
+            (ids, [float(lp) for lp in lps]) for ids, lps in zip(answers, logprobs, strict=True)
+        ]
+
+    def score_batch(
+        self,
+        pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+        *,
+        adapter: AdapterVersion | None,
+    ) -> list[list[float]]:
+        """Logprobs of several (prompt, response) pairs, all requests sent before any wait."""
+        for prompt_ids, response_ids in pairs:
+            check_score_limits(self.settings, prompt_ids, response_ids)
+        sampler = self._sampler(adapter)
+        with service_call("scoring", BackendUnavailable):
+            futures = [self._score_future(sampler, p, r) for p, r in pairs]
+            return [
+                self._read_scores(future.result(), len(prompt))
+                for future, (prompt, _) in zip(futures, pairs, strict=True)
+            ]
 
     def generate(
         self,
@@ -190,12 +240,22 @@ class TinkerInference:
             raise InvalidRequest("prompt must be a non-empty string")
         return self._generate([int(i) for i in self.tokenizer.encode(prompt)], adapter, sampling)
 
+    def _score_future(
+        self, sampler: Any, prompt_ids: Sequence[int], response_ids: Sequence[int]
+    ) -> Any:
+        sequence = self._tinker.types.ModelInput.from_ints([*prompt_ids, *response_ids])
+        return sampler.compute_logprobs(sequence)
+
+    @staticmethod
+    def _read_scores(logprobs: Sequence[float | None], prompt_len: int) -> list[float]:
+        """The response's part of a sequence's logprobs (a missing one as NaN)."""
+        return [float(lp) if lp is not None else float("nan") for lp in logprobs[prompt_len:]]
+
     def _score_with(
         self, sampler: Any, prompt_ids: Sequence[int], response_ids: Sequence[int]
     ) -> list[float]:
-        sequence = self._tinker.types.ModelInput.from_ints([*prompt_ids, *response_ids])
-        logprobs = sampler.compute_logprobs(sequence).result()
-        return [float(lp) if lp is not None else float("nan") for lp in logprobs[len(prompt_ids) :]]
+        future = self._score_future(sampler, prompt_ids, response_ids)
+        return self._read_scores(future.result(), len(prompt_ids))
 
     def score(
         self,
