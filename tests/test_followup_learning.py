@@ -49,9 +49,22 @@ def _held_out_tokens(learner: Learner, adapter: str) -> int:
     return sum(len(a.response_ids) for a in answers)
 
 
+# Both simulations start from a fresh adapter, whose version 0 answers as the base model
+# does: its held-out answers are asked once per base model, not once per simulation.
+_BASE_HELD_OUT: dict[str, int] = {}
+
+
+def _base_held_out_tokens(learner: Learner, adapter: str) -> int:
+    assert learner.current_version(adapter).version == 0
+    base = learner.settings.base_model
+    if base not in _BASE_HELD_OUT:
+        _BASE_HELD_OUT[base] = _held_out_tokens(learner, adapter)
+    return _BASE_HELD_OUT[base]
+
+
 def simulate_user(learner: Learner, adapter: str, follow_up: str) -> dict[str, float]:
     """Run the 16 conversations; return held-out lengths, jobs and their outcomes."""
-    before = _held_out_tokens(learner, adapter)
+    before = _base_held_out_tokens(learner, adapter)
     for i, question in enumerate(QUESTIONS):
         asked = [{"role": "user", "content": question}]
         answer = learner.chat(adapter, asked, max_tokens=ANSWER_TOKENS, temperature=0.7, seed=i)
