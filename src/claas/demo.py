@@ -15,10 +15,19 @@ from typing import Any
 
 import attrs
 
+from claas.guard.probes import names
 from claas.learner import Learner
 from claas.types import DistillConfig
 
-__all__ = ["CAPABILITY_CHECK", "DemoReport", "FEEDBACK", "HELD_OUT", "TRAINING", "run_demo"]
+__all__ = [
+    "CAPABILITY_CHECK",
+    "DemoReport",
+    "FEEDBACK",
+    "HELD_OUT",
+    "KEY_FACTS",
+    "TRAINING",
+    "run_demo",
+]
 
 FEEDBACK = "Way too long. Answer in one short sentence."
 
@@ -45,6 +54,12 @@ HELD_OUT = (
     "How do vaccines work?",
     "What causes earthquakes?",
 )
+# Word stems one of which a held-out answer must still name to keep its substance.
+KEY_FACTS = {
+    "Why is the sky blue?": ("scatter", "Rayleigh", "wavelength"),
+    "How do vaccines work?": ("immun", "antibod"),
+    "What causes earthquakes?": ("plate", "fault", "tectonic"),
+}
 CAPABILITY_CHECK = ("What is the capital of France?", "paris")
 
 Progress = Callable[[str, dict[str, Any]], None]
@@ -74,6 +89,16 @@ class DemoReport:
         return sum(v.startswith("rejected") for v in self.step_verdicts)
 
     @property
+    def facts_before(self) -> tuple[bool, ...]:
+        """Per held-out question: whether the answer before learning names its key fact."""
+        return _facts_kept(self.questions, self.before)
+
+    @property
+    def facts_after(self) -> tuple[bool, ...]:
+        """Per held-out question: whether the answer after learning names its key fact."""
+        return _facts_kept(self.questions, self.after)
+
+    @property
     def mean_before(self) -> float:
         """Mean held-out answer length (tokens) before learning."""
         return sum(self.before_tokens) / len(self.before_tokens)
@@ -87,6 +112,10 @@ class DemoReport:
     def change(self) -> float:
         """Relative change of the mean held-out length (-0.7 = 70% shorter)."""
         return self.mean_after / self.mean_before - 1.0
+
+
+def _facts_kept(questions: Sequence[str], answers: Sequence[str]) -> tuple[bool, ...]:
+    return tuple(names(*KEY_FACTS[q])(a) for q, a in zip(questions, answers, strict=True))
 
 
 def _answers(

@@ -40,6 +40,8 @@ def test_demo_json_report(cli: Run, tmp_path: Path) -> None:
     assert all(0 < n <= 64 for n in report["before_tokens"] + report["after_tokens"])
     assert len(report["step_tokens"]) == len(report["step_seconds"]) == 2
     assert report["mean_before"] == pytest.approx(sum(report["before_tokens"]) / len(HELD_OUT))
+    # The fake's echoes name none of the key facts ("scatter", "immun", "plate", ...).
+    assert report["facts_before"] == report["facts_after"] == [False] * len(HELD_OUT)
     assert report["plot"] == str(plot)
     assert plot.read_bytes().startswith(b"\x89PNG")
     # Progress goes to stderr so that stdout is one JSON document.
@@ -64,5 +66,6 @@ def test_demo_on_the_bundled_model(
     assert "step  1: answer" in out and "-> v1" in out
     assert "Held-out questions (greedy)" in out
     assert "Mean answer length:" in out and f"Plot: {plot}" in out
+    assert f"of {len(HELD_OUT)} after" in out  # "Key facts named: n of 3 before, m of 3 after"
     assert "bundled:smollm2-135m-instruct" in out
     assert plot.read_bytes().startswith(b"\x89PNG")

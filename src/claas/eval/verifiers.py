@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from claas.errors import InvalidConfig
+from claas.guard.probes import names
 
 __all__ = [
     "AllOf",
@@ -162,10 +163,7 @@ class KeepsFact:
 
     def __call__(self, text: str) -> bool:
         """Return whether ``text`` contains one of the facts."""
-        return any(
-            re.search(rf"(?<!\w){re.escape(fact.strip())}", text, re.IGNORECASE)
-            for fact in self.any_of
-        )
+        return names(*self.any_of)(text)
 
 
 @attrs.frozen(kw_only=True)

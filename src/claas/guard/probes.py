@@ -23,6 +23,7 @@ __all__ = [
     "at_least",
     "contains",
     "in_order",
+    "names",
     "user_probe",
 ]
 
@@ -47,6 +48,15 @@ COLORS = (
 def contains(*answers: str) -> Callable[[str], bool]:
     """A check passing when any of ``answers`` occurs as a whole word (case-insensitive)."""
     patterns = [re.compile(rf"(?<!\w){re.escape(a)}(?!\w)", re.IGNORECASE) for a in answers]
+    return lambda text: any(p.search(text) for p in patterns)
+
+
+def names(*stems: str) -> Callable[[str], bool]:
+    """A check passing when any of ``stems`` starts a word (case-insensitive).
+
+    For key facts: ``names("scatter")`` passes "scattering" and "scatters" too.
+    """
+    patterns = [re.compile(rf"(?<!\w){re.escape(s.strip())}", re.IGNORECASE) for s in stems]
     return lambda text: any(p.search(text) for p in patterns)
 
 

@@ -82,7 +82,13 @@ def demo(
                 learner, steps=steps, plot_path=plot, max_tokens=max_tokens, progress=on_event
             )
     state.out.data(
-        {**jsonable(report), "mean_before": report.mean_before, "mean_after": report.mean_after},
+        {
+            **jsonable(report),
+            "mean_before": report.mean_before,
+            "mean_after": report.mean_after,
+            "facts_before": report.facts_before,
+            "facts_after": report.facts_after,
+        },
         lambda c: _print_report(c, report),
     )
 
@@ -92,18 +98,28 @@ def _print_report(console: Console, report: DemoReport) -> None:
     table.add_column("question")
     table.add_column("before")
     table.add_column("after")
-    for question, before, after, nb, na in zip(
+    table.add_column("key fact named")
+    for question, before, after, nb, na, kb, ka in zip(
         report.questions,
         report.before,
         report.after,
         report.before_tokens,
         report.after_tokens,
+        report.facts_before,
+        report.facts_after,
         strict=True,
     ):
         table.add_row(
-            escape(question), f"[{nb} tok] {escape(before)}", f"[{na} tok] {escape(after)}"
+            escape(question),
+            f"[{nb} tok] {escape(before)}",
+            f"[{na} tok] {escape(after)}",
+            f"{_yes_no(kb)} -> {_yes_no(ka)}",
         )
     console.print(table)
+    console.print(
+        f"Key facts named: {sum(report.facts_before)} of {len(report.questions)} before, "
+        f"{sum(report.facts_after)} of {len(report.questions)} after"
+    )
     verdict = "passed" if report.capability_ok else "FAILED"
     console.print(
         f"Mean answer length: {report.mean_before:.0f} -> {report.mean_after:.0f} tokens "
@@ -115,3 +131,7 @@ def _print_report(console: Console, report: DemoReport) -> None:
         f"steps went live, {report.rejected} rejected"
     )
     console.print(f"Plot: {escape(str(report.plot))}   wall time: {report.wall_seconds:.0f}s")
+
+
+def _yes_no(kept: bool) -> str:
+    return "yes" if kept else "[red]no[/]"
