@@ -49,17 +49,14 @@ TRAINING = (
     "How does sound travel?",
     "What causes thunder?",
 )
-HELD_OUT = (
-    "Why is the sky blue?",
-    "How do vaccines work?",
-    "What causes earthquakes?",
-)
-# Word stems one of which a held-out answer must still name to keep its substance.
+# The held-out questions, each with word stems one of which its answer must still
+# name to keep its substance.
 KEY_FACTS = {
     "Why is the sky blue?": ("scatter", "Rayleigh", "wavelength"),
     "How do vaccines work?": ("immun", "antibod"),
     "What causes earthquakes?": ("plate", "fault", "tectonic"),
 }
+HELD_OUT = tuple(KEY_FACTS)
 CAPABILITY_CHECK = ("What is the capital of France?", "paris")
 
 Progress = Callable[[str, dict[str, Any]], None]

@@ -45,10 +45,15 @@ COLORS = (
 )
 
 
+def _any_word(words: Sequence[str], ending: str) -> Callable[[str], bool]:
+    """A check passing when any of ``words`` starts a word and is followed by ``ending``."""
+    patterns = [re.compile(rf"(?<!\w){re.escape(w)}{ending}", re.IGNORECASE) for w in words]
+    return lambda text: any(p.search(text) for p in patterns)
+
+
 def contains(*answers: str) -> Callable[[str], bool]:
     """A check passing when any of ``answers`` occurs as a whole word (case-insensitive)."""
-    patterns = [re.compile(rf"(?<!\w){re.escape(a)}(?!\w)", re.IGNORECASE) for a in answers]
-    return lambda text: any(p.search(text) for p in patterns)
+    return _any_word(answers, r"(?!\w)")
 
 
 def names(*stems: str) -> Callable[[str], bool]:
@@ -56,8 +61,7 @@ def names(*stems: str) -> Callable[[str], bool]:
 
     For key facts: ``names("scatter")`` passes "scattering" and "scatters" too.
     """
-    patterns = [re.compile(rf"(?<!\w){re.escape(s.strip())}", re.IGNORECASE) for s in stems]
-    return lambda text: any(p.search(text) for p in patterns)
+    return _any_word([s.strip() for s in stems], "")
 
 
 def in_order(*items: str) -> Callable[[str], bool]:
