@@ -18,6 +18,7 @@ from transformers import LlamaForCausalLM
 
 from claas.inference._batch_decode import greedy_batch, greedy_from_drafts, score_batch
 from claas.inference._packed_attention import install_packed_attention
+from claas.inference._settled import settled_at
 
 PAD = 0
 SHARED = list(range(10, 22))  # longer than the shortest prefix worth its own pass
@@ -92,6 +93,36 @@ def test_a_lower_limit_cuts_each_row_at_its_own_length(model: LlamaForCausalLM) 
     got = _answers(model, prompts, drafts, eos, max_tokens=4)
     _same(got, want)
     assert all(len(ids) <= 4 for ids, _ in got)
+
+
+def test_settled_rules_cut_each_answer_where_the_full_answer_would_be_cut(
+    model: LlamaForCausalLM,
+) -> None:
+    prompts = _prompts()
+    eos = _eos(model, prompts)
+    full = greedy_batch(model, prompts, max_tokens=10, eos_ids=eos, pad_id=PAD, device="cpu")
+    truth = [ids for ids, _ in full]
+    # Row 0 settles at its 6th token, row 1 at its 2nd (a token it reaches), row 2
+    # never, row 3 has no rule: rows 2 and 3 are answered in full.
+    marks = {0: truth[0][5], 1: truth[1][1]}
+    rules = [
+        (lambda ids, mark=marks[0]: mark in ids[5:6]),
+        (lambda ids, mark=marks[1]: ids[-1] == mark),
+        (lambda ids: False),
+        None,
+    ]
+    cuts = [settled_at(ids, rule) for ids, rule in zip(truth, rules, strict=True)]
+    assert cuts[0] == 6 and cuts[1] is not None and cuts[1] <= 2 and cuts[2:] == [None, None]
+    want = [ids[:cut] if cut else ids for ids, cut in zip(truth, cuts, strict=True)]
+    departed = [_changed_at(ids, len(ids) // 2) for ids in truth]
+    short = [ids[: len(ids) // 2] for ids in truth]
+    for drafts in (truth, [[] for _ in prompts], departed, short):
+        got = greedy_from_drafts(
+            model, prompts, drafts, max_tokens=10, eos_ids=eos, device="cpu", settled=rules
+        )
+        assert [ids for ids, _ in got] == want
+        for (_, lp_got), (_, lp_full) in zip(got, full, strict=True):
+            assert lp_got == pytest.approx(lp_full[: len(lp_got)], abs=1e-9)
 
 
 def test_batched_scores_are_each_pair_scored_alone(model: LlamaForCausalLM) -> None:

@@ -20,6 +20,7 @@ checked the same way against the answers its own verdict recorded.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ import attrs
 from claas.config import Settings
 from claas.guard.probes import GUARD_PROBES, Probe, user_probe
 from claas.guard.verdict import Answers, Verdict, decide
+from claas.inference._settled import Settled, settled_at
 from claas.inference.base import InferenceBackend
 from claas.teacher import ChatTokenizer, encode_chat
 from claas.thinking import visible_text
@@ -38,6 +40,7 @@ from claas.types import AdapterVersion, ChatMessage, SamplingParams
 __all__ = ["BatchAnswerer", "DraftAnswerer", "Gate"]
 
 _CACHED = 64
+_WORD = re.compile(r"\w")  # a token whose text starts with this continues a word
 
 
 @runtime_checkable
@@ -72,11 +75,13 @@ class DraftAnswerer(Protocol):
         adapter: AdapterVersion | None,
         max_tokens: int,
         lookup: Sequence[Sequence[Sequence[int]]] = (),
+        settled: Sequence[Settled | None] = (),
     ) -> list[tuple[list[int], list[float]]]:
         """Greedy answers (token ids and logprobs) per prompt, each checked against its draft.
 
         ``lookup`` holds, per prompt, other known answers to it (earlier versions'),
-        to guess from where an answer departs from its draft.
+        to guess from where an answer departs from its draft. ``settled`` holds, per
+        prompt, a rule that ends its answer at the fewest leading tokens it accepts.
         """
         ...
 
@@ -172,6 +177,7 @@ class Gate:
         adapter = None if version.parent is None else version
         chats = [[ChatMessage(role="user", content=p.prompt)] for p in probes]
         prompts = [tuple(encode_chat(tokenizer, chat, thinking=thinking)) for chat in chats]
+        rules = [_settled_rule(tokenizer, p) for p in probes]
         if isinstance(backend, DraftAnswerer) and (
             drafts := self._drafts(tokenizer, known, recorded, prompts)
         ):
@@ -181,6 +187,7 @@ class Gate:
                 adapter=adapter,
                 max_tokens=self._max_tokens,
                 lookup=self._earlier_answers(prompts),
+                settled=rules,
             )
         elif isinstance(backend, BatchAnswerer):
             answered = backend.answer_batch(prompts, adapter=adapter, max_tokens=self._max_tokens)
@@ -189,6 +196,7 @@ class Gate:
             made = [backend.generate(c, adapter=adapter, sampling=greedy) for c in chats]
             prompts = [g.prompt_ids for g in made]
             answered = [(list(g.response_ids), list(g.response_logprobs)) for g in made]
+        answered = [_until_settled(a, rule) for a, rule in zip(answered, rules, strict=True)]
         texts = [
             visible_text(str(tokenizer.decode(ids, skip_special_tokens=True)))
             for ids, _ in answered
@@ -235,6 +243,37 @@ class Gate:
         if recorded is not None:
             return [_encoded(tokenizer, text, self._max_tokens) for text in recorded]
         return None
+
+
+def _settled_rule(tokenizer: ChatTokenizer, probe: Probe) -> Settled:
+    """Whether an answer's tokens so far settle ``probe``: its check passes on them
+    once the last word it read is complete (the next token starts no word).
+
+    A check that passes then passes on any longer answer, so decoding stops there;
+    the last token, which shows the word complete, is kept.
+    """
+
+    def text(ids: Sequence[int]) -> str:
+        return str(tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def settled(ids: Sequence[int]) -> bool:
+        if len(ids) < 2:
+            return False
+        head, whole = text(ids[:-1]), text(ids)
+        if not whole.startswith(head) or _WORD.match(whole, len(head)) or whole == head:
+            return False
+        return bool(probe.check(visible_text(head)))
+
+    return settled
+
+
+def _until_settled(
+    answered: tuple[list[int], list[float]], rule: Settled
+) -> tuple[list[int], list[float]]:
+    """An answer cut at the fewest tokens that settle its probe (all of it if none do)."""
+    ids, logprobs = answered
+    cut = settled_at(ids, rule)
+    return (ids, logprobs) if cut is None else (ids[:cut], logprobs[:cut])
 
 
 def _recorded(version: AdapterVersion, probes: Sequence[Probe]) -> list[str] | None:

@@ -83,7 +83,12 @@ def _lost(parent: Answers, candidate: Answers, user: bool) -> tuple[list[int], i
 
 
 def _degenerate(answers: Answers) -> tuple[float, list[str]]:
-    flags = degenerate_flags(answers.texts)
+    # An answer that passed its check names what it was asked for, so it is no stub
+    # even where the guard cut it short at a colon (``gate._settled_rule``).
+    flags = [
+        None if flag == "stub" and passed else flag
+        for flag, passed in zip(degenerate_flags(answers.texts), answers.passed, strict=True)
+    ]
     bad = [f"{flag}: {_short(answers.texts[i])!r}" for i, flag in enumerate(flags) if flag]
     return (len(bad) / len(flags) if flags else 0.0), bad
 

@@ -28,6 +28,7 @@ import torch
 from claas.inference._decode import _cache_keyword, last_position
 from claas.inference._lookup_decode import Row, decode_on
 from claas.inference._packed_attention import KEYWORD, Segments
+from claas.inference._settled import Settled, settled_at
 from claas.models import autocast_context
 
 __all__ = ["greedy_batch", "greedy_from_drafts", "score_batch"]
@@ -105,6 +106,7 @@ def greedy_from_drafts(
     device: str,
     autocast: bool = False,
     lookup: Sequence[Sequence[Sequence[int]]] = (),
+    settled: Sequence[Settled | None] = (),
 ) -> list[tuple[list[int], list[float]]]:
     """Greedy answers, as :func:`greedy_batch` gives them, checking each draft first.
 
@@ -113,6 +115,10 @@ def greedy_from_drafts(
     draft did not hold are decoded on from the scoring pass's own KV cache, so no
     prompt is run twice, guessing ahead (:mod:`._lookup_decode`) from their draft,
     from ``lookup`` (other known answers, per prompt) and from their prompt.
+
+    ``settled`` (per prompt, optional) ends an answer early: at its fewest leading
+    tokens it accepts (:func:`~claas.inference._lookup_decode.settled_at`), as
+    cutting the full greedy answer there would.
     """
     pairs = [(p, d[:max_tokens]) for p, d in zip(prompts, drafts, strict=True)]
     with torch.inference_mode(), autocast_context(device, autocast):
@@ -124,6 +130,10 @@ def greedy_from_drafts(
                 ids.append(found.own[0])
                 logprobs.append(found.own[1])
             known = lookup[row] if row < len(lookup) else ()
+            enough = settled[row] if row < len(settled) else None
+            cut = settled_at(ids, enough)
+            if cut is not None:
+                ids, logprobs = ids[:cut], logprobs[:cut]
             rows.append(
                 Row(
                     ids=ids,
@@ -132,7 +142,8 @@ def greedy_from_drafts(
                     position=len(prompt) + len(ids) - 1,
                     budget=max_tokens,
                     sources=[draft, *known, prompt],
-                    done=bool(ids) and ids[-1] in eos_ids,
+                    done=cut is not None or (bool(ids) and ids[-1] in eos_ids),
+                    settled=enough,
                 )
             )
         pending = [b for b, row in enumerate(rows) if not (row.done or len(row.ids) >= max_tokens)]

@@ -22,6 +22,8 @@ from typing import Any
 import attrs
 import torch
 
+from claas.inference._settled import Settled
+
 __all__ = ["Row", "decode_on"]
 
 _NGRAM = 3  # longest answer tail looked up; shorter tails are tried after it
@@ -38,6 +40,7 @@ class Row:
         position: That token's position.
         budget: Most tokens the answer may have.
         sources: Known token sequences to guess continuations from, best first.
+        settled: Whether the tokens so far are answer enough (it then stops there).
     """
 
     ids: list[int]
@@ -47,6 +50,7 @@ class Row:
     budget: int
     sources: Sequence[Sequence[int]] = ()
     done: bool = False
+    settled: Settled | None = None
 
 
 def decode_on(
@@ -112,7 +116,11 @@ def _take(
         token = greedy[kept]
         row.ids.append(token)
         row.logprobs.append(best[kept])
-        row.done = token in eos or len(row.ids) >= row.budget
+        row.done = (
+            token in eos
+            or len(row.ids) >= row.budget
+            or (row.settled is not None and row.settled(row.ids))
+        )
         if row.done or kept >= len(guess) or guess[kept] != token:
             return kept
         kept += 1

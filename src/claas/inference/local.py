@@ -19,6 +19,7 @@ from claas.errors import InvalidRequest
 from claas.inference._bf16_weights import BFloat16Weights
 from claas.inference._lora_slots import LoraSlots
 from claas.inference._packed_attention import install_packed_attention
+from claas.inference._settled import Settled
 from claas.inference.base import (
     Generation,
     StreamDelta,
@@ -263,13 +264,15 @@ class LocalInference:
         adapter: AdapterVersion | None,
         max_tokens: int,
         lookup: Sequence[Sequence[Sequence[int]]] = (),
+        settled: Sequence[Settled | None] = (),
     ) -> list[tuple[list[int], list[float]]]:
         """:meth:`answer_batch`, checking a draft answer per prompt before decoding.
 
         Where a draft is the adapter's own greedy answer it is taken after one
         scoring pass; elsewhere decoding goes on from the first token that differs,
         guessing ahead from the draft, from ``lookup`` (other known answers per
-        prompt) and from the prompt.
+        prompt) and from the prompt. An answer ends early at the fewest tokens its
+        ``settled`` rule (per prompt, optional) accepts.
         """
         from claas.inference._batch_decode import greedy_from_drafts
         from claas.inference._decode import eos_token_ids
@@ -285,6 +288,7 @@ class LocalInference:
                 device=self._device,
                 autocast=self.check_autocast.enabled,
                 lookup=lookup,
+                settled=settled,
             )
 
     def _pad_id(self) -> int:
