@@ -163,6 +163,28 @@ def test_another_lora_shape_gets_its_own_slot(world: World, reference: LocalInfe
     inference.close()
 
 
+def test_switching_between_slots_of_other_target_modules_serves_each_exactly(
+    world: World, reference: LocalInference
+) -> None:
+    """Slots wrapping different modules: the active adapter is switched on every layer."""
+    inference = _cache(world, 3)
+    attention = world.version(
+        "t/targets-attn", LoraSpec(rank=8, alpha=16.0, target_modules=("q_proj", "v_proj"))
+    )
+    everything = world.version("t/targets-all")
+    mlp = world.version(
+        "t/targets-mlp", LoraSpec(rank=8, alpha=16.0, target_modules=("down_proj",))
+    )
+    for v in (attention, everything, mlp, attention, mlp, everything):
+        _assert_serves(world, inference, reference, v)
+    layers = inference._slots._layers
+    assert layers is not None
+    assert {tuple(layer.active_adapters) for layer in layers} == {
+        (inference._slots.load(everything),)
+    }
+    inference.close()
+
+
 def test_a_retired_adapters_slot_is_reused_and_its_versions_are_gone(
     world: World, reference: LocalInference
 ) -> None:

@@ -72,6 +72,7 @@ class LoraSlots:
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._by_key: dict[str, _Slot] = {}
         self._names = itertools.count()
+        self._layers: list[Any] | None = None  # the model's LoRA layers, found on first switch
 
     def resident(self) -> list[AdapterVersion]:
         """The versions loaded now, least recently used first."""
@@ -91,6 +92,25 @@ class LoraSlots:
         self._slots.move_to_end(slot.name)
         return slot.name
 
+    def activate(self, name: str) -> None:
+        """Make slot ``name`` the adapter the model computes with, its weights frozen.
+
+        What ``PeftModel.set_adapter(name, inference_mode=True)`` does for LoRA, but
+        its two walks over every module of the model (about 28 ms a switch on the
+        bundled model, once into the guard's candidate and once back) are made once:
+        the LoRA layers are kept until a slot is injected or deleted.
+        """
+        if name not in self._slots:
+            raise KeyError(f"no adapter slot {name!r}")
+        if self._layers is None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            self._layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        for layer in self._layers:
+            layer.set_adapter(name, inference_mode=True)
+        self.model.active_adapter = name
+        self.model.base_model.active_adapter = name
+
     def free(self, adapter_id: str) -> None:
         """Unmap every version of ``adapter_id``; their slots become the first reused."""
         for slot in list(self._slots.values()):
@@ -101,6 +121,7 @@ class LoraSlots:
     def clear(self) -> None:
         """Forget the model and every slot."""
         self.model = None
+        self._layers = None
         self._slots.clear()
         self._by_key.clear()
 
@@ -174,6 +195,7 @@ class LoraSlots:
             self.model.load_adapter(str(path), adapter_name=name)
         self.model.eval()
         install_lora_forward(self.model)
+        self._layers = None  # a new config may have wrapped more modules
         slot = _Slot(name, config)
         self._slots[name] = slot
         return slot
@@ -186,6 +208,7 @@ class LoraSlots:
                 self._unmap(slot)
                 del self._slots[slot.name]
                 self.model.delete_adapter(slot.name)
+                self._layers = None
 
     def _map(self, slot: _Slot, version: AdapterVersion) -> None:
         self._unmap(slot)

@@ -111,8 +111,8 @@ class LocalInference:
                         yield peft
                 return
             name = self._slots.load(adapter)
-            if self._slots.model.active_adapter != name:  # set_adapter visits every module
-                self._slots.model.set_adapter(name)
+            if self._slots.model.active_adapter != name:
+                self._slots.activate(name)
             yield self._slots.model
 
     @contextlib.contextmanager
