@@ -117,7 +117,7 @@ def greedy_from_drafts(
     from ``lookup`` (other known answers, per prompt) and from their prompt.
 
     ``settled`` (per prompt, optional) ends an answer early: at its fewest leading
-    tokens it accepts (:func:`~claas.inference._lookup_decode.settled_at`), as
+    tokens it accepts (:func:`~claas.inference._settled.settled_at`), as
     cutting the full greedy answer there would.
     """
     pairs = [(p, d[:max_tokens]) for p, d in zip(prompts, drafts, strict=True)]
