@@ -190,13 +190,15 @@ class Gate:
                 settled=rules,
             )
         elif isinstance(backend, BatchAnswerer):
-            answered = backend.answer_batch(prompts, adapter=adapter, max_tokens=self._max_tokens)
+            answered = _cut(
+                backend.answer_batch(prompts, adapter=adapter, max_tokens=self._max_tokens), rules
+            )
         else:
             greedy = SamplingParams(temperature=0.0, max_tokens=self._max_tokens, seed=0)
             made = [backend.generate(c, adapter=adapter, sampling=greedy) for c in chats]
             prompts = [g.prompt_ids for g in made]
-            answered = [(list(g.response_ids), list(g.response_logprobs)) for g in made]
-        answered = [_until_settled(a, rule) for a, rule in zip(answered, rules, strict=True)]
+            decoded = [(list(g.response_ids), list(g.response_logprobs)) for g in made]
+            answered = _cut(decoded, rules)
         texts = [
             visible_text(str(tokenizer.decode(ids, skip_special_tokens=True)))
             for ids, _ in answered
@@ -267,13 +269,16 @@ def _settled_rule(tokenizer: ChatTokenizer, probe: Probe) -> Settled:
     return settled
 
 
-def _until_settled(
-    answered: tuple[list[int], list[float]], rule: Settled
-) -> tuple[list[int], list[float]]:
-    """An answer cut at the fewest tokens that settle its probe (all of it if none do)."""
-    ids, logprobs = answered
-    cut = settled_at(ids, rule)
-    return (ids, logprobs) if cut is None else (ids[:cut], logprobs[:cut])
+def _cut(
+    answered: Sequence[tuple[list[int], list[float]]], rules: Sequence[Settled]
+) -> list[tuple[list[int], list[float]]]:
+    """Answers decoded to their end, each cut where its rule would have stopped decoding
+    (as :meth:`DraftAnswerer.answer_batch_from_drafts` stops it)."""
+    cut = []
+    for (ids, logprobs), rule in zip(answered, rules, strict=True):
+        end = settled_at(ids, rule)
+        cut.append((ids, logprobs) if end is None else (ids[:end], logprobs[:end]))
+    return cut
 
 
 def _recorded(version: AdapterVersion, probes: Sequence[Probe]) -> list[str] | None:
