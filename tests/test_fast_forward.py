@@ -83,6 +83,47 @@ def test_fused_lora_forward_under_bfloat16_autocast_stays_close(rows: int) -> No
     assert grads and all(g is not None and bool(g.abs().sum() > 0) for g in grads)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_gradient_free_calls_follow_the_lora_weights_as_they_change(
+    autocast: bool, mode: type
+) -> None:
+    """Gradient-free calls keep cast copies of the LoRA weights: never stale ones."""
+    x = torch.randn(40, 16)
+    plain, fused = _tiny_peft(2), _tiny_peft(2)
+    install_lora_forward(fused)
+    close = {"rtol": 2e-2, "atol": 2e-2} if autocast else {}
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return plain(x).float(), fused(x).float()
+
+    before, got = both()
+    torch.testing.assert_close(got, before, **close)
+    for model in (plain, fused):  # written in place, as an optimizer step or a slot load does
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.mul_(-3.0)
+    after, got = both()
+    assert not torch.allclose(after, before, rtol=0.1, atol=0.1)
+    torch.testing.assert_close(got, after, **close)
+    for model in (plain, fused):  # the other adapter, then a new one under the same name
+        model.set_adapter("second")
+    torch.testing.assert_close(both()[1], both()[0], **close)
+    for model in (plain, fused):
+        torch.manual_seed(3)
+        model.delete_adapter("second")
+        model.add_adapter("second", LoraConfig(r=2, lora_alpha=4, target_modules=["up"]))
+        model.set_adapter("second")
+        for name, param in model.named_parameters():
+            if "lora_B" in name and "second" in name:
+                torch.nn.init.normal_(param, std=0.1)
+    install_lora_forward(fused)
+    want, got = both()
+    torch.testing.assert_close(got, want, **close)
+
+
 def test_installed_attention_masks_left_padding_and_cached_decoding_as_sdpa_does() -> None:
     plain, fast = tiny_llama(seed=2), tiny_llama(seed=2)
     install_attention(fast)

@@ -182,6 +182,7 @@ def test_switching_between_slots_of_other_target_modules_serves_each_exactly(
     assert {tuple(layer.active_adapters) for layer in layers} == {
         (inference._slots.load(everything),)
     }
+    assert not any(p.requires_grad for p in inference._slots.model.parameters())
     inference.close()
 
 

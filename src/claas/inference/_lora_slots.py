@@ -98,7 +98,10 @@ class LoraSlots:
         What ``PeftModel.set_adapter(name, inference_mode=True)`` does for LoRA, but
         its two walks over every module of the model (about 28 ms a switch on the
         bundled model, once into the guard's candidate and once back) are made once:
-        the LoRA layers are kept until a slot is injected or deleted.
+        the LoRA layers are kept until a slot is injected or deleted. Each layer's
+        active adapter is then set directly: ``BaseTunerLayer.set_adapter`` would
+        also set ``requires_grad`` on every slot's weights again (10 ms a switch
+        here), and they stay frozen from their loading on (``is_trainable=False``).
         """
         if name not in self._slots:
             raise KeyError(f"no adapter slot {name!r}")
@@ -107,7 +110,7 @@ class LoraSlots:
 
             self._layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
         for layer in self._layers:
-            layer.set_adapter(name, inference_mode=True)
+            layer._active_adapter = [name]
         self.model.active_adapter = name
         self.model.base_model.active_adapter = name
 
