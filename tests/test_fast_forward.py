@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from tiny_llama import tiny_llama
 
 from claas import DistillConfig, LoraSpec, Settings
-from claas._fast_forward import install_attention, install_lora_forward
+from claas._fast_forward import forget_weight_copies, install_attention, install_lora_forward
 from claas.inference._batch_decode import greedy_batch
 from claas.models import load_tokenizer
 from claas.teacher import DistillSample, build_sample_from_text
@@ -124,6 +124,28 @@ def test_gradient_free_calls_follow_the_lora_weights_as_they_change(
     torch.testing.assert_close(got, want, **close)
 
 
+def test_gradient_free_calls_after_a_fused_adamw_step_see_the_stepped_weights() -> None:
+    """The fused kernel leaves version counters alone: the trainer's reset must cover it."""
+    x = torch.randn(40, 16)
+    plain, fused = _tiny_peft(4), _tiny_peft(4)
+    install_lora_forward(fused)
+    with torch.no_grad():
+        before = fused(x)  # caches the copies
+    outputs = []
+    for model in (plain, fused):
+        lora = [p for n, p in model.named_parameters() if "lora_" in n]
+        versions = [p._version for p in lora]
+        optimizer = torch.optim.AdamW(lora, lr=0.05, fused=True)
+        model(x).square().sum().backward()
+        optimizer.step()
+        assert [p._version for p in lora] == versions  # why the reset is needed
+        forget_weight_copies(model)
+        with torch.no_grad():
+            outputs.append(model(x))
+    assert not torch.allclose(outputs[1], before, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(outputs[1], outputs[0])
+
+
 def test_installed_attention_masks_left_padding_and_cached_decoding_as_sdpa_does() -> None:
     plain, fast = tiny_llama(seed=2), tiny_llama(seed=2)
     install_attention(fast)
@@ -193,3 +215,34 @@ def test_fast_step_gives_the_loss_and_gradient_of_the_plain_path(
     assert _relative(bf_grad, grad) < 1.5 * plain_error + 0.02
     assert abs(bf_loss - loss) < 1.5 * abs(plain_loss - loss) + 0.02 * abs(loss)
     assert torch.nn.functional.cosine_similarity(bf_grad, plain_grad, dim=0) > 0.99
+
+
+def _teacher_after_fused_steps(
+    settings: Settings, sample: DistillSample, *, fast: bool
+) -> torch.Tensor:
+    """The current-adapter teacher after two fused AdamW steps from fixed LoRA weights."""
+    engine = LocalTrainer(settings, fast_forward=fast)
+    config = DistillConfig(top_k=20, teacher="current", steps=2, learning_rate=1e-2)
+    slot = engine._slot(LoraSpec(rank=8, alpha=16.0))
+    params = lora_parameters(engine._peft, slot)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, param in params:
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    engine._optimizer = torch.optim.AdamW([p for _, p in params], lr=1e-2, fused=True)
+    batch = collate([sample], device="cpu")
+    engine._run_steps(batch, config, [p for _, p in params], None)
+    teacher = engine._teacher_topk(batch, config).logprobs
+    engine.close()
+    return teacher
+
+
+@pytest.mark.slow
+def test_the_teacher_after_fused_optimizer_steps_reads_the_stepped_weights(
+    settings: Settings, sample: DistillSample
+) -> None:
+    """The current-adapter teacher of a later step sees what the earlier steps wrote."""
+    fp32 = settings.evolve(autocast=False)
+    want = _teacher_after_fused_steps(fp32, sample, fast=False)
+    got = _teacher_after_fused_steps(fp32, sample, fast=True)
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)  # stale: off by ~10

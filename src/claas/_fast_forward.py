@@ -16,7 +16,8 @@ PEFT and transformers path):
   instead (:func:`_few_rows_forward`). A gradient-free call on the CPU with more rows
   (the guard's scoring pass) uses copies of ``A`` and the scaled ``B`` in the compute
   dtype, made once per version of the weights, and adds the LoRA product with one
-  ``addmm`` (:func:`_frozen_weights`).
+  ``addmm`` (:func:`_frozen_weights`). A writer that leaves the weights' version
+  counters alone (the fused AdamW kernel) calls :func:`forget_weight_copies` after it.
 - :func:`install_attention`: torch's CPU flash-attention kernel is slower in bfloat16
   than in float32 for backward (about 6.8 against 5.8 ms per layer at 239 tokens on an
   AVX512-BF16 CPU) but faster for forward. Attention whose inputs require grad (the
@@ -32,7 +33,13 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ATTENTION", "install_attention", "install_lora_forward", "use_attention"]
+__all__ = [
+    "ATTENTION",
+    "forget_weight_copies",
+    "install_attention",
+    "install_lora_forward",
+    "use_attention",
+]
 
 ATTENTION = "claas_sdpa"
 _FEW_ROWS = 16  # rows up to which a LoRA layer under CPU autocast runs LoRA in float32
@@ -54,6 +61,18 @@ def install_lora_forward(model: Any) -> int:
             setattr(module, _MARK, True)
             count += 1
     return count
+
+
+def forget_weight_copies(model: Any) -> None:
+    """Drop every LoRA layer's cached weight copies in ``model`` (see :func:`_frozen_weights`).
+
+    For writes the version counters miss: ``torch.optim.AdamW(fused=True)`` updates
+    the parameters in place without bumping them, so after its step a gradient-free
+    pass (the next step's teacher, a guard check) would otherwise read the weights
+    from before it.
+    """
+    for module in model.modules():
+        module.__dict__.pop(_FROZEN, None)
 
 
 def _plain(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -102,8 +121,9 @@ def _frozen_weights(layer: Any, name: str, dtype: torch.dtype) -> tuple[torch.Te
     A gradient-free pass on the CPU (a guard check, a teacher pass) otherwise casts
     both float32 LoRA weights to the compute dtype and scales ``B`` again at every
     call: 210 layers on the bundled model. The copies are remade when a weight is
-    replaced or written in place (its version counter moves: an optimizer step, a
-    slot overwritten with another version's weights).
+    replaced or written in place through an op that moves its version counter (a
+    slot overwritten with another version's weights, a foreach optimizer step), and
+    dropped by :func:`forget_weight_copies` after a write that does not (a fused one).
     """
     a, b, scale = layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
     state = (a._version, b._version, scale, dtype)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from claas import sdpo
-from claas._fast_forward import install_attention, install_lora_forward
+from claas._fast_forward import forget_weight_copies, install_attention, install_lora_forward
 from claas.config import Settings
 from claas.errors import NonFiniteUpdate, TrainingError
 from claas.models import (
@@ -324,6 +324,7 @@ class LocalTrainer:
                     f"step {step + 1}: the gradient norm is {norm.item()}; refused"
                 )
             self._optimizer.step()
+            forget_weight_copies(self._peft)
             metrics["grad_norm"] = float(norm)
             if step == 0:
                 first = dict(metrics)
